@@ -1,0 +1,98 @@
+"""Argument checks shared by every public function; one message style:
+
+    fusednorm.<fn>: <argument>=<value> <what is wrong>; expected <what is expected>
+
+Checks raise TypeError for a wrong type or dtype, ValueError for a wrong value or shape,
+RuntimeError for a state problem (e.g. eval BatchNorm without running statistics).
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def fail(fn: str, exc, msg: str):
+    raise exc(f"fusednorm.{fn}: {msg}")
+
+
+def check_input(fn: str, x, min_dim: int = 1, what: str = "input"):
+    if not isinstance(x, torch.Tensor):
+        fail(fn, TypeError, f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        fail(fn, TypeError, f"{what} has dtype {x.dtype}; expected one of float32, float16, "
+             "bfloat16, float64 (integer and complex tensors cannot be normalized)")
+    if x.dim() < min_dim:
+        fail(fn, ValueError, f"{what} has {x.dim()} dims (shape {tuple(x.shape)}); expected "
+             f"at least {min_dim}")
+
+
+def check_param(fn: str, name: str, p, shape: Sequence[int], x: torch.Tensor):
+    """weight/bias/running stats: None, or a floating tensor of ``shape`` on x's device."""
+    if p is None:
+        return
+    if not isinstance(p, torch.Tensor):
+        fail(fn, TypeError, f"{name} must be a torch.Tensor or None, got {type(p).__name__}")
+    if p.dtype not in FLOAT_DTYPES:
+        fail(fn, TypeError, f"{name} has dtype {p.dtype}; expected a floating dtype")
+    if tuple(p.shape) != tuple(shape):
+        fail(fn, ValueError, f"{name} has shape {tuple(p.shape)}; expected {tuple(shape)}")
+    if p.device != x.device:
+        fail(fn, ValueError, f"{name} is on {p.device} but input is on {x.device}; expected "
+             "the same device")
+
+
+def check_eps(fn: str, eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+            or eps < 0:
+        fail(fn, ValueError, f"eps={eps!r}; expected a finite number >= 0")
+    return float(eps)
+
+
+def normalized_shape_tuple(fn: str, normalized_shape, x: torch.Tensor):
+    if isinstance(normalized_shape, int):
+        shape = (normalized_shape,)
+    elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
+            isinstance(s, int) and not isinstance(s, bool) for s in normalized_shape):
+        shape = tuple(normalized_shape)
+    else:
+        fail(fn, TypeError, f"normalized_shape={normalized_shape!r}; expected an int or a "
+             "sequence of ints")
+    if len(shape) == 0:
+        fail(fn, ValueError, "normalized_shape=() is empty; expected at least one dim")
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        fail(fn, ValueError, f"normalized_shape={shape} does not match input of shape "
+             f"{tuple(x.shape)}; expected input.shape[-{len(shape)}:] == {shape}")
+    return shape
+
+
+def check_residual(fn: str, residual, x: torch.Tensor):
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        fail(fn, TypeError, f"residual must be a torch.Tensor or None, got "
+             f"{type(residual).__name__}")
+    if residual.shape != x.shape:
+        fail(fn, ValueError, f"residual has shape {tuple(residual.shape)}; expected the "
+             f"input's shape {tuple(x.shape)}")
+    if residual.dtype != x.dtype:
+        fail(fn, TypeError, f"residual has dtype {residual.dtype}; expected the input's "
+             f"dtype {x.dtype}")
+    if residual.device != x.device:
+        fail(fn, ValueError, f"residual is on {residual.device} but input is on {x.device}")
+
+
+def check_num_groups(fn: str, num_groups, channels: int):
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
+        fail(fn, ValueError, f"num_groups={num_groups!r}; expected a positive int")
+    if channels % num_groups != 0:
+        fail(fn, ValueError, f"num_groups={num_groups} must divide channels={channels}")
+
+
+def check_activation(fn: str, activation: Optional[str]) -> str:
+    if activation is None:
+        return ""
+    if activation != "silu":
+        fail(fn, ValueError, f"activation={activation!r}; expected None or 'silu'")
+    return activation

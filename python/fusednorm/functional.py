@@ -1,0 +1,222 @@
+"""Public functions: validate, pick the backend, reshape, call the op, update running stats.
+
+Signatures mirror torch.nn.functional; everything fusednorm adds is keyword-only.  The
+``_*_stats`` variants also return the statistics the op computed (fp32 device tensors), which
+the modules hand to a statistics hook (see fusednorm.monitor) without any extra pass.
+"""
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _backend
+from . import _validate as V
+from .ops import batch_norm as _bn_ops
+from .ops import group_norm as _gn_ops
+from .ops import layer_norm as _ln_ops
+from .ops._common import opt
+
+__all__ = ["layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"]
+
+
+# --------------------------------------------------------------------------- layout helpers
+def _as_rows(t: Tensor, n: int) -> Tensor:
+    """(M, N) view with unit stride along N and rows at least N apart.
+
+    The one deliberate copy of the row path: a tensor whose last dims cannot be viewed so
+    (a strided last dim, overlapping rows) is made contiguous here and nowhere else.
+    """
+    rows = t.reshape(-1, n)
+    if rows.shape[0] > 1 and rows.stride(0) < n or (n > 1 and rows.stride(1) != 1):
+        rows = rows.contiguous()
+    return rows
+
+
+def _spatial_layout(x: Tensor) -> Tensor:
+    """x itself when contiguous or channels_last(_3d); otherwise one deliberate copy.
+
+    Kernels read NCHW and channels_last in place; any other layout (a transposed or sliced
+    view) is copied to contiguous NCHW here, and only here.
+    """
+    if x.is_contiguous():
+        return x
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x
+    return x.contiguous()
+
+
+# ------------------------------------------------------------------------ layer / rms norm
+def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, prenorm,
+                      backend, rms):
+    V.check_input(fn, input)
+    shape = V.normalized_shape_tuple(fn, normalized_shape, input)
+    V.check_param(fn, "weight", weight, shape, input)
+    V.check_param(fn, "bias", bias, shape, input)
+    V.check_residual(fn, residual, input)
+    if not isinstance(prenorm, bool):
+        V.fail(fn, TypeError, f"prenorm={prenorm!r}; expected a bool")
+    if rms and eps is None:
+        eps = torch.finfo(input.dtype).eps
+    eps = V.check_eps(fn, eps)
+    name = _backend.resolve(fn, "layer_norm", backend, input)
+    n = math.prod(shape)
+    x2 = _as_rows(input, n)
+    r2 = _as_rows(residual, n) if residual is not None else None
+    w = weight.reshape(-1) if weight is not None else None
+    b = bias.reshape(-1) if bias is not None else None
+    out, xsum, mean, rstd = _ln_ops.layer_norm_fwd(x2, r2, w, b, eps, rms, name)
+    out = out.view(input.shape)
+    stats = {"mean": opt(mean), "rstd": rstd, "var": None, "eps": eps, "count": n}
+    if prenorm:
+        return (out, xsum.view(input.shape) if residual is not None else input), stats
+    return out, stats
+
+
+def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               eps: float = 1e-5, *, residual: Optional[Tensor] = None, prenorm: bool = False,
+               backend: Optional[str] = None):
+    """LayerNorm over the trailing ``normalized_shape`` dims (torch.nn.functional.layer_norm).
+
+    With ``residual`` the norm is applied to ``input + residual``; ``prenorm=True`` returns
+    ``(out, input + residual)``, the sum a pre-norm transformer carries forward.
+    """
+    return _layer_norm_stats("layer_norm", input, normalized_shape, weight, bias, eps,
+                             residual, prenorm, backend, rms=False)[0]
+
+
+def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
+             weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
+             residual: Optional[Tensor] = None, prenorm: bool = False,
+             backend: Optional[str] = None):
+    """RMSNorm (torch.nn.functional.rms_norm); ``eps=None`` means finfo(input.dtype).eps."""
+    return _layer_norm_stats("rms_norm", input, normalized_shape, weight, None, eps,
+                             residual, prenorm, backend, rms=True)[0]
+
+
+# ------------------------------------------------------------------------------ group norm
+def _group_norm_stats(fn, input, num_groups, weight, bias, eps, activation, backend):
+    V.check_input(fn, input, min_dim=2)
+    c = input.shape[1]
+    V.check_num_groups(fn, num_groups, c)
+    V.check_param(fn, "weight", weight, (c,), input)
+    V.check_param(fn, "bias", bias, (c,), input)
+    eps = V.check_eps(fn, eps)
+    act = V.check_activation(fn, activation)
+    name = _backend.resolve(fn, "group_norm", backend, input)
+    x = _spatial_layout(input)
+    out, mean, rstd = _gn_ops.group_norm_fwd(x, weight, bias, num_groups, eps, act, name)
+    count = (input.numel() // max(input.shape[0], 1)) // num_groups if input.shape[0] else 0
+    return out, {"mean": mean, "rstd": rstd, "var": None, "eps": eps, "count": count}
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5, *,
+               activation: Optional[str] = None, backend: Optional[str] = None) -> Tensor:
+    """GroupNorm (torch.nn.functional.group_norm), optionally fused with SiLU
+    (``activation="silu"``).  NCHW and channels_last inputs are read in place and the output
+    keeps the input's memory format."""
+    return _group_norm_stats("group_norm", input, num_groups, weight, bias, eps, activation,
+                             backend)[0]
+
+
+# ------------------------------------------------------------------------------ batch norm
+def _update_running(running_mean, running_var, mean, var_unbiased, momentum):
+    """running <- (1 - momentum) * running + momentum * batch, on the device (momentum may
+    be a 0-dim tensor, e.g. 1 / num_batches_tracked, so no host synchronization)."""
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype) * momentum)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_(var_unbiased.to(running_var.dtype) * momentum)
+
+
+def _batch_norm_stats(fn, input, running_mean, running_var, weight, bias, training, momentum,
+                      eps, backend):
+    V.check_input(fn, input, min_dim=2)
+    c = input.shape[1]
+    V.check_param(fn, "weight", weight, (c,), input)
+    V.check_param(fn, "bias", bias, (c,), input)
+    V.check_param(fn, "running_mean", running_mean, (c,), input)
+    V.check_param(fn, "running_var", running_var, (c,), input)
+    eps = V.check_eps(fn, eps)
+    if not training and (running_mean is None or running_var is None):
+        V.fail(fn, RuntimeError, "running_mean and running_var are required when "
+               "training=False (eval mode normalizes with the running statistics); got "
+               f"running_mean={'None' if running_mean is None else 'Tensor'}, "
+               f"running_var={'None' if running_var is None else 'Tensor'}")
+    count = input.numel() // c if c else 0
+    if training and input.numel() > 0 and count <= 1:
+        V.fail(fn, ValueError, f"expected more than 1 value per channel when training, got "
+               f"input of shape {tuple(input.shape)}")
+    name = _backend.resolve(fn, "batch_norm", backend, input)
+    x = _spatial_layout(input)
+    out, mean, rstd, var = _bn_ops.batch_norm_fwd(x, weight, bias, running_mean, running_var,
+                                                  training, eps, name)
+    if training and input.numel() > 0:
+        _update_running(running_mean, running_var, mean, var * (count / (count - 1)),
+                        momentum)
+    stats = {"mean": mean, "rstd": rstd, "var": var, "eps": eps, "count": count}
+    return out, (stats if training else None)
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
+               backend: Optional[str] = None) -> Tensor:
+    """BatchNorm (torch.nn.functional.batch_norm) for (N, C), (N, C, L), (N, C, H, W) and
+    (N, C, D, H, W).  In training the running statistics are updated in place exactly as
+    torch does (unbiased variance), on the device; an empty batch leaves them untouched."""
+    return _batch_norm_stats("batch_norm", input, running_mean, running_var, weight, bias,
+                             training, momentum, eps, backend)[0]
+
+
+# --------------------------------------------------------------------------- instance norm
+def _instance_norm_stats(fn, input, running_mean, running_var, weight, bias, use_input_stats,
+                         momentum, eps, backend):
+    V.check_input(fn, input, min_dim=3)
+    c = input.shape[1]
+    V.check_param(fn, "weight", weight, (c,), input)
+    V.check_param(fn, "bias", bias, (c,), input)
+    V.check_param(fn, "running_mean", running_mean, (c,), input)
+    V.check_param(fn, "running_var", running_var, (c,), input)
+    eps = V.check_eps(fn, eps)
+    spatial = math.prod(input.shape[2:])
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            V.fail(fn, RuntimeError, "running_mean and running_var are required when "
+                   "use_input_stats=False")
+        # Normalizing every instance with the running statistics is BatchNorm's eval path.
+        return _batch_norm_stats(fn, input, running_mean, running_var, weight, bias, False,
+                                 momentum, eps, backend)[0], None
+    if input.numel() > 0 and spatial <= 1:
+        V.fail(fn, ValueError, f"expected more than 1 spatial element when training, got "
+               f"input of shape {tuple(input.shape)}")
+    name = _backend.resolve(fn, "group_norm", backend, input)
+    x = _spatial_layout(input)
+    # InstanceNorm is GroupNorm with one group per channel.
+    out, mean, rstd = _gn_ops.group_norm_fwd(x, weight, bias, c, eps, "", name)
+    if input.numel() > 0 and (running_mean is not None or running_var is not None):
+        with torch.no_grad():
+            # The op returns rstd, not var: var = 1/rstd^2 - eps (relative error about
+            # 2^-23 * (1 + eps/var) in fp32), clamped at 0, then made unbiased.
+            var = (rstd.double().reciprocal().square() - eps).clamp_min(0)
+            var_unbiased = (var * (spatial / (spatial - 1))).mean(0)
+            _update_running(running_mean, running_var, mean.double().mean(0), var_unbiased,
+                            momentum)
+    return out, {"mean": mean, "rstd": rstd, "var": None, "eps": eps, "count": spatial}
+
+
+def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
+                  running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, *,
+                  backend: Optional[str] = None) -> Tensor:
+    """InstanceNorm (torch.nn.functional.instance_norm): per (sample, channel) statistics;
+    running statistics, when given, are updated with the batch average of the instance mean
+    and unbiased variance."""
+    return _instance_norm_stats("instance_norm", input, running_mean, running_var, weight,
+                                bias, use_input_stats, momentum, eps, backend)[0]

@@ -1,0 +1,128 @@
+"""Drop-in modules: subclasses of the torch.nn norms that override ``forward`` only.
+
+State dict keys, initialisation, ``extra_repr`` and ``isinstance`` checks are torch's.  Two
+optional instance attributes steer a module without changing its state:
+``_fusednorm_backend`` (set by ``fusednorm.convert(model, backend=...)``) and
+``_fusednorm_stats_hook`` (set by ``fusednorm.monitor``; called with the statistics the norm
+computed anyway).
+"""
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = ["LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+
+
+def _emit(module, kind, stats):
+    hook = getattr(module, "_fusednorm_stats_hook", None)
+    if hook is not None and stats is not None:
+        hook(module, kind, {k: (v.detach() if isinstance(v, Tensor) else v)
+                            for k, v in stats.items()})
+
+
+def _backend(module):
+    return getattr(module, "_fusednorm_backend", None)
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    def forward(self, input: Tensor) -> Tensor:
+        out, stats = F._layer_norm_stats("layer_norm", input, self.normalized_shape,
+                                         self.weight, self.bias, self.eps, None, False,
+                                         _backend(self), rms=False)
+        _emit(self, "layer_norm", stats)
+        return out
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    def forward(self, x: Tensor) -> Tensor:
+        out, stats = F._layer_norm_stats("rms_norm", x, self.normalized_shape, self.weight,
+                                         None, self.eps, None, False, _backend(self), rms=True)
+        _emit(self, "rms_norm", stats)
+        return out
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    def forward(self, input: Tensor) -> Tensor:
+        out, stats = F._group_norm_stats("group_norm", input, self.num_groups, self.weight,
+                                         self.bias, self.eps, None, _backend(self))
+        _emit(self, "group_norm", stats)
+        return out
+
+
+class _BatchNormMixin:
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        # Same bookkeeping as torch's _BatchNorm.forward, except that momentum=None divides
+        # by num_batches_tracked on the device (a 0-dim tensor) instead of calling float()
+        # on it, and an empty batch does not count as a step.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None \
+                and input.numel() > 0:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / self.num_batches_tracked.to(torch.float64)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        out, stats = F._batch_norm_stats(
+            "batch_norm", input, self.running_mean if use_running else None,
+            self.running_var if use_running else None, self.weight, self.bias, bn_training,
+            factor, self.eps, _backend(self))
+        _emit(self, "batch_norm", stats)
+        return out
+
+
+class BatchNorm1d(_BatchNormMixin, torch.nn.BatchNorm1d):
+    forward = _BatchNormMixin.forward
+
+
+class BatchNorm2d(_BatchNormMixin, torch.nn.BatchNorm2d):
+    forward = _BatchNormMixin.forward
+
+
+class BatchNorm3d(_BatchNormMixin, torch.nn.BatchNorm3d):
+    forward = _BatchNormMixin.forward
+
+
+class _InstanceNormMixin:
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        no_batch = self._get_no_batch_dim()
+        feature_dim = input.dim() - no_batch
+        if input.size(feature_dim) != self.num_features:
+            if self.affine:
+                raise ValueError(
+                    f"fusednorm.{type(self).__name__}: expected input's size at dim="
+                    f"{feature_dim} to match num_features ({self.num_features}), but got: "
+                    f"{input.size(feature_dim)}.")
+        unbatched = input.dim() == no_batch
+        x = input.unsqueeze(0) if unbatched else input
+        use_input_stats = self.training or not self.track_running_stats
+        out, stats = F._instance_norm_stats(
+            "instance_norm", x, self.running_mean, self.running_var, self.weight, self.bias,
+            use_input_stats, self.momentum if self.momentum is not None else 0.0, self.eps,
+            _backend(self))
+        _emit(self, "instance_norm", stats)
+        return out.squeeze(0) if unbatched else out
+
+
+class InstanceNorm1d(_InstanceNormMixin, torch.nn.InstanceNorm1d):
+    forward = _InstanceNormMixin.forward
+
+
+class InstanceNorm2d(_InstanceNormMixin, torch.nn.InstanceNorm2d):
+    forward = _InstanceNormMixin.forward
+
+
+class InstanceNorm3d(_InstanceNormMixin, torch.nn.InstanceNorm3d):
+    forward = _InstanceNormMixin.forward
+
+
+# torch.nn class -> fusednorm class, exact types only (a user subclass may override forward).
+SWAPS = {
+    torch.nn.LayerNorm: LayerNorm, torch.nn.RMSNorm: RMSNorm, torch.nn.GroupNorm: GroupNorm,
+    torch.nn.BatchNorm1d: BatchNorm1d, torch.nn.BatchNorm2d: BatchNorm2d,
+    torch.nn.BatchNorm3d: BatchNorm3d, torch.nn.InstanceNorm1d: InstanceNorm1d,
+    torch.nn.InstanceNorm2d: InstanceNorm2d, torch.nn.InstanceNorm3d: InstanceNorm3d,
+}

@@ -1,0 +1,35 @@
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64, everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def mean_var(x: torch.Tensor, dims):
+    """Mean and biased variance over ``dims`` by two passes (never E[x^2] - E[x]^2).
+
+    The second pass subtracts the mean before squaring, so data far from zero (mean 1e4,
+    std 1) keeps its variance in float32.
+    """
+    mean = x.mean(dim=dims, keepdim=True)
+    var = (x - mean).square().mean(dim=dims, keepdim=True)
+    return mean, var
+
+
+def memory_format_of(x: torch.Tensor):
+    """channels_last(_3d) when x is laid out so (and not plainly contiguous), else contiguous."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y cast to x's dtype, with exactly the strides torch.empty_like(x) would have."""
+    out = torch.empty_like(x)
+    out.copy_(y)
+    return out

@@ -1,0 +1,202 @@
+"""layer_norm and rms_norm on every backend: forward and backward against torch in float64."""
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusednorm
+from _util import (ALL_DTYPES, assert_accurate, backend_params, randn, require_backend,
+                   supports_dtype)
+
+SHAPES = [((1, 1), (1,)), ((3, 37), (37,)), ((37, 1000), (1000,)), ((2, 1128), (1128,)),
+          ((5, 1), (1,)), ((2, 3, 7), (3, 7))]
+AFFINE = ["wb", "w", "none"]
+
+
+def _torch(x, shape, w, b, eps, rms):
+    if rms:
+        return F.rms_norm(x, shape, w, eps)
+    return F.layer_norm(x, shape, w, b, eps)
+
+
+def _run(fn, x, dy, params):
+    out = fn(x, *params)
+    leaves = [x] + [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad]
+    grads = torch.autograd.grad(out, leaves, dy)
+    return out, grads
+
+
+def _case(backend, device, dtype, shape, nshape, affine, rms, seed, wdtype=None):
+    wdtype = wdtype or dtype
+    x = randn(*shape, dtype=dtype, seed=seed)
+    dy = randn(*shape, dtype=dtype, seed=seed + 1)
+    w = randn(*nshape, dtype=wdtype, seed=seed + 2) if "w" in affine else None
+    b = randn(*nshape, dtype=wdtype, seed=seed + 3) if ("b" in affine and not rms) else None
+    eps = 1e-5
+
+    def leaf(t, dev, dt=None):
+        if t is None:
+            return None
+        return t.detach().to(device=dev, dtype=dt or t.dtype).requires_grad_(True)
+
+    def ours(xx, ww, bb):
+        if rms:
+            return fusednorm.rms_norm(xx, nshape, ww, eps, backend=backend)
+        return fusednorm.layer_norm(xx, nshape, ww, bb, eps, backend=backend)
+
+    o, og = _run(lambda xx, ww, bb: ours(xx, ww, bb), leaf(x, device), dy.to(device),
+                 [leaf(w, device), leaf(b, device)])
+    r, rg = _run(lambda xx, ww, bb: _torch(xx, nshape, ww, bb, eps, rms),
+                 leaf(x, "cpu", torch.float64), dy.double(),
+                 [leaf(w, "cpu", torch.float64), leaf(b, "cpu", torch.float64)])
+    t, tg = _run(lambda xx, ww, bb: _torch(xx, nshape, ww, bb, eps, rms), leaf(x, "cpu"), dy,
+                 [leaf(w, "cpu", dtype), leaf(b, "cpu", dtype)])
+    assert o.device.type == device
+    assert_accurate(o.cpu(), r, t, dtype, "out")
+    names = ["dx"] + (["dweight"] if w is not None else []) + (["dbias"] if b is not None else [])
+    for name, a, ref, th in zip(names, og, rg, tg):
+        assert a.dtype == (dtype if name == "dx" else wdtype)
+        assert_accurate(a.cpu().to(th.dtype), ref, th, dtype, name)
+
+
+@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,nshape", SHAPES, ids=[str(s[0]) for s in SHAPES])
+@pytest.mark.parametrize("affine", AFFINE)
+def test_forward_backward(be, rms, dtype, shape, nshape, affine):
+    backend, device = be
+    require_backend(backend, device)
+    if not supports_dtype(backend, dtype):
+        x = randn(*shape, dtype=dtype, device=device)
+        with pytest.raises(RuntimeError, match=f"backend '{backend}' supports dtypes"):
+            fusednorm.layer_norm(x, nshape, backend=backend)
+        return
+    _case(backend, device, dtype, shape, nshape, affine, rms, seed=zlib.crc32(repr((shape, affine, rms)).encode()) % 9973)
+
+
+@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+def test_mixed_dtypes(be, rms):
+    """bf16 activations with fp32 weight (the autocast norm): out bf16, weight grads fp32."""
+    backend, device = be
+    require_backend(backend, device)
+    _case(backend, device, torch.bfloat16, (9, 48), (48,), "wb", rms, seed=5,
+          wdtype=torch.float32)
+
+
+@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("layout", ["strided_last", "row_slice", "transposed"])
+def test_non_contiguous(be, layout):
+    backend, device = be
+    require_backend(backend, device)
+    base = randn(12, 80, seed=7, device=device)
+    x = {"strided_last": base[:, ::2], "row_slice": base[::3, 5:45],
+         "transposed": base[:40, :12].t()}[layout]
+    n = x.shape[-1]
+    w, b = randn(n, seed=8, device=device), randn(n, seed=9, device=device)
+    out = fusednorm.layer_norm(x, (n,), w, b, backend=backend)
+    ref = F.layer_norm(x.double().cpu(), (n,), w.double().cpu(), b.double().cpu())
+    torch.testing.assert_close(out.cpu().double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_residual(be, rms, prenorm):
+    """norm(x + residual); prenorm also returns the sum, and gradients flow into both."""
+    backend, device = be
+    require_backend(backend, device)
+    shape, n = (6, 33), 33
+    x = randn(*shape, seed=11, device=device, requires_grad=True)
+    r = randn(*shape, seed=12, device=device, requires_grad=True)
+    w = randn(n, seed=13, device=device, requires_grad=True)
+    fn = fusednorm.rms_norm if rms else fusednorm.layer_norm
+    res = fn(x, (n,), w, residual=r, prenorm=prenorm, backend=backend)
+    out, s = res if prenorm else (res, None)
+    xd, rd, wd = (t.detach().double().cpu().requires_grad_() for t in (x, r, w))
+    ref_s = xd + rd
+    ref = F.rms_norm(ref_s, (n,), wd, 1e-5 if not rms else None) if rms else \
+        F.layer_norm(ref_s, (n,), wd)
+    if rms:
+        ref = F.rms_norm(ref_s, (n,), wd, torch.finfo(torch.float32).eps)
+    torch.testing.assert_close(out.cpu().double(), ref, atol=2e-5, rtol=1e-5)
+    g_out = randn(*shape, seed=14)
+    g_s = randn(*shape, seed=15) if prenorm else None
+    loss = (out * g_out.to(device)).sum() + ((s * g_s.to(device)).sum() if prenorm else 0)
+    ref_loss = (ref * g_out.double()).sum() + ((ref_s * g_s.double()).sum() if prenorm else 0)
+    got = torch.autograd.grad(loss, (x, r, w))
+    want = torch.autograd.grad(ref_loss, (xd, rd, wd))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu().double(), b, atol=5e-5, rtol=1e-4)
+    if prenorm:
+        torch.testing.assert_close(s.cpu().double(), ref_s, atol=1e-6, rtol=1e-6)
+
+
+def test_prenorm_without_residual_returns_input():
+    x = randn(3, 8)
+    out, s = fusednorm.layer_norm(x, (8,), prenorm=True, backend="torch")
+    assert s is x
+    torch.testing.assert_close(out, F.layer_norm(x, (8,)))
+
+
+@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+def test_offset_data(be, rms):
+    """mean 1e4, std 1 in fp32.  The fp32 mean alone is off by up to half an ulp of 1e4
+    (~5e-4), so no fp32 kernel beats ~1e-3 here (torch's own error is 1.1e-3); what the
+    test rules out is E[x^2] - E[x]^2, whose error here is O(1)."""
+    backend, device = be
+    require_backend(backend, device)
+    x = (torch.randn(8, 512, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+         + 1e4).float()
+    fn, tfn = (fusednorm.rms_norm, F.rms_norm) if rms else (fusednorm.layer_norm, F.layer_norm)
+    out = fn(x.to(device), (512,), eps=1e-5, backend=backend).cpu()
+    ref = tfn(x.double(), (512,), eps=1e-5)
+    assert_accurate(out, ref, tfn(x, (512,), eps=1e-5), torch.float32, "offset")
+    assert (out.double() - ref).abs().max() < 3e-3
+
+
+@pytest.mark.parametrize("be", backend_params())
+def test_empty_and_nan(be):
+    backend, device = be
+    require_backend(backend, device)
+    x = torch.empty(0, 16, device=device, requires_grad=True)
+    w = torch.ones(16, device=device, requires_grad=True)
+    out = fusednorm.layer_norm(x, (16,), w, backend=backend)
+    assert out.shape == (0, 16)
+    out.sum().backward()
+    assert torch.equal(w.grad.cpu(), torch.zeros(16))
+    y = randn(2, 16, device=device)
+    y[0, 3] = float("nan")
+    out = fusednorm.layer_norm(y, (16,), backend=backend).cpu()
+    assert torch.isnan(out[0]).all() and not torch.isnan(out[1]).any()
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+def test_gradcheck(rms):
+    x = randn(3, 5, dtype=torch.float64, seed=1, requires_grad=True)
+    w = randn(5, dtype=torch.float64, seed=2, requires_grad=True)
+    b = randn(5, dtype=torch.float64, seed=3, requires_grad=True)
+    r = randn(3, 5, dtype=torch.float64, seed=4, requires_grad=True)
+    if rms:
+        torch.autograd.gradcheck(lambda x, w: fusednorm.rms_norm(x, (5,), w, 1e-5,
+                                                                  backend="torch"), (x, w))
+        torch.autograd.gradcheck(lambda x, r, w: fusednorm.rms_norm(
+            x, (5,), w, 1e-5, residual=r, prenorm=True, backend="torch"), (x, r, w))
+    else:
+        torch.autograd.gradcheck(lambda x, w, b: fusednorm.layer_norm(x, (5,), w, b,
+                                                                       backend="torch"), (x, w, b))
+        torch.autograd.gradcheck(lambda x, r, w, b: fusednorm.layer_norm(
+            x, (5,), w, b, residual=r, prenorm=True, backend="torch"), (x, r, w, b))
+
+
+def test_rms_default_eps_is_finfo():
+    """eps=None means finfo(input.dtype).eps, as in torch; visible on rows of tiny values."""
+    x = randn(4, 8, dtype=torch.float16, seed=21) * 1e-3
+    ours = fusednorm.rms_norm(x, (8,), backend="torch")
+    ref = F.rms_norm(x.double(), (8,), eps=torch.finfo(torch.float16).eps)
+    assert_accurate(ours, ref, F.rms_norm(x, (8,)), torch.float16, "eps=None")
+    wrong = F.rms_norm(x.double(), (8,), eps=1e-5)
+    assert (ours.double() - wrong).abs().max() > 0.1
