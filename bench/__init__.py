@@ -1,0 +1,1 @@
+"""fusednorm microbenchmarks: ``python -m bench`` or ``python bench/run.py`` (see bench/README.md)."""
