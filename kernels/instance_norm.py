@@ -1,0 +1,1 @@
+"""InstanceNorm reuses GroupNorm with G = C: the op layer calls group_norm_fwd/bwd with num_groups=C."""
