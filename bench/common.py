@@ -613,7 +613,7 @@ def run_case(case: Case, providers: list, device: str, meta: dict, *, warmup_ms=
                 first = time.perf_counter() - t0
                 err = None
                 if ps == "fwd":
-                    err = max(float((o.float() - r.float()).abs().max()) if o.numel() else 0.0
+                    err = max(float((o.detach().float() - r.float()).abs().max()) if o.numel() else 0.0
                               for o, r in zip(out, ref))
                 del out
                 ms = timer(fn, warmup_ms, rep_ms)

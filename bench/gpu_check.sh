@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The one-call GPU check (H100/H200, torch 2.11 cu130, triton 3.6, nvcc 13.0, no network):
+#   1. build the CUDA extension in place (parallel, logged; a failed build is reported and the
+#      cuda provider then shows as unavailable),
+#   2. run the GPU test suite (logged, wall budget),
+#   3. run the quick benchmark into $FUSEDNORM_OUT (default bench/out/gpu-<date>),
+#   4. print a compact table last: copy bandwidth, then op / pass / provider -> GB/s, % of copy.
+# Installs nothing from the network. The whole run keeps within GPU_CHECK_BUDGET_S (default
+# 400 s): each step gets what the earlier ones left, the benchmark at least ~2 minutes.
+#
+#   FUSEDNORM_OUT=$OUT FUSEDNORM_COMMIT=<sha> bash bench/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-400}
+PY=${PYTHON:-python3}
+export FUSEDNORM_OUT=${FUSEDNORM_OUT:-bench/out/gpu-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$FUSEDNORM_OUT"
+OUTD=$FUSEDNORM_OUT
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+log() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+max() { if [ "$1" -gt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+
+# ---- 0. environment record ----------------------------------------------------------------
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+  $PY - <<'EOF' 2>&1
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)
+try:
+    import triton; print("triton", triton.__version__)
+except Exception as e: print("triton: not importable:", e)
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
+EOF
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+} > "$OUTD/env.txt" 2>&1
+log "output folder $OUTD; $(grep -m1 '^device:' "$OUTD/env.txt")"
+
+# Liger-Kernel travels as a pure-Python wheel in the ignored folder .whl/: unpack it beside the
+# run (no pip, no network) and put it on PYTHONPATH, so the liger provider can be timed.
+LIGER_WHL=$(ls .whl/liger_kernel-*.whl 2>/dev/null | tail -1)
+if [ -n "$LIGER_WHL" ]; then
+  LIGER_DIR=${TMPDIR:-/tmp}/fusednorm-liger
+  rm -rf "$LIGER_DIR" && $PY -m zipfile -e "$LIGER_WHL" "$LIGER_DIR" \
+    && export PYTHONPATH="$LIGER_DIR${PYTHONPATH:+:$PYTHONPATH}" \
+    && log "liger: $(basename "$LIGER_WHL") on PYTHONPATH"
+else
+  log "liger: no wheel in .whl/ (the liger provider will report it is not importable)"
+fi
+
+# ---- 1. build the CUDA extension ----------------------------------------------------------
+BUILD_LOG=$OUTD/build.log
+BUILD_T=$(min 240 $(max 60 $(( $(left) - 270 ))))
+export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+log "build: editable install with the CUDA extension (limit ${BUILD_T}s) -> $BUILD_LOG"
+BUILD=failed
+FUSEDNORM_BUILD_CUDA=1 timeout "$BUILD_T" $PY -m pip install --no-build-isolation --no-deps \
+  --no-index -e . > "$BUILD_LOG" 2>&1 && BUILD="ok (pip install -e .)"
+if [ "$BUILD" = failed ]; then
+  T=$(max 30 $(min "$BUILD_T" $(( $(left) - 250 ))))
+  log "build: editable install failed (rc in log); falling back to setup.py build_ext --inplace (limit ${T}s)"
+  echo "==== fallback: setup.py build_ext --inplace" >> "$BUILD_LOG"
+  FUSEDNORM_BUILD_CUDA=1 timeout "$T" $PY setup.py build_ext --inplace >> "$BUILD_LOG" 2>&1 \
+    && BUILD="ok (build_ext --inplace)"
+  # Make the Python package importable either way (the in-place _C, if any, is found there).
+  echo "==== python-only editable install" >> "$BUILD_LOG"
+  FUSEDNORM_BUILD_CUDA=0 timeout 60 $PY -m pip install --no-build-isolation --no-deps --no-index \
+    -e . >> "$BUILD_LOG" 2>&1 || log "build: python-only editable install failed too (see log)"
+fi
+CUDA_AVAIL=$($PY -c "import fusednorm; print(fusednorm.available_backends())" 2>&1 | tail -1)
+log "build: $BUILD; available_backends: $CUDA_AVAIL"
+[ "$BUILD" = failed ] && { echo "---- last lines of $BUILD_LOG"; grep -E -m 15 "error|Error" "$BUILD_LOG"; tail -5 "$BUILD_LOG"; }
+
+# ---- 2. GPU test suite ----------------------------------------------------------------------
+TEST_LOG=$OUTD/pytest.log
+TEST_T=$(min 240 $(max 30 $(( $(left) - 150 ))))
+PT_TIMEOUT=""
+$PY -c "import pytest_timeout" 2>/dev/null && PT_TIMEOUT="--timeout=120"
+log "tests: pytest tests (wall limit ${TEST_T}s) -> $TEST_LOG"
+timeout "$TEST_T" $PY -m pytest tests -q -p no:cacheprovider -rfE $PT_TIMEOUT > "$TEST_LOG" 2>&1
+TEST_RC=$?
+[ $TEST_RC -eq 124 ] && echo "!!!! pytest stopped by the ${TEST_T}s wall limit" >> "$TEST_LOG"
+TEST_LINE=$(grep -E "(passed|failed|error|no tests ran)" "$TEST_LOG" | tail -1)
+log "tests: rc=$TEST_RC ${TEST_LINE:-(no summary line: see log)}"
+grep -E "^(FAILED|ERROR) " "$TEST_LOG" | head -20
+
+# ---- 3. quick benchmark ---------------------------------------------------------------------
+BENCH_LOG=$OUTD/bench.log
+BENCH_B=$(max 60 $(( $(left) - 25 )))
+log "bench: quick run (budget ${BENCH_B}s) -> $OUTD"
+timeout $(( BENCH_B + 45 )) $PY bench/run.py --quick --out "$OUTD" --budget-s "$BENCH_B" \
+  --no-progress > "$BENCH_LOG" 2>&1
+BENCH_RC=$?
+log "bench: rc=$BENCH_RC; $(grep -c '' "$BENCH_LOG") log lines"
+grep -E "provider |copy bandwidth|error:|Traceback" "$BENCH_LOG" | head -20
+
+# ---- 4. compact table (last) ----------------------------------------------------------------
+{
+  echo "build: $BUILD | tests: rc=$TEST_RC ${TEST_LINE:-?} | bench: rc=$BENCH_RC | $(( $(date +%s) - T0 ))s"
+  $PY bench/summary.py "$OUTD" 2>&1 || tail -20 "$BENCH_LOG"
+} | tee "$OUTD/summary.txt"
