@@ -26,8 +26,13 @@ def batch_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         # caller leaves the running buffers alone.
         nan = x.new_full((c,), float("nan"), dtype=sd)
         return torch.empty_like(x), nan, nan.clone(), nan.clone()
-    return backend_module(backend).batch_norm_fwd(x, weight, bias, running_mean, running_var,
-                                                  training, eps)
+    out, mean, rstd, var = backend_module(backend).batch_norm_fwd(
+        x, weight, bias, running_mean, running_var, training, eps)
+    # A custom op's outputs may not alias its inputs: eval-mode statistics handed back by a
+    # backend as the running buffers themselves are copied.
+    inputs = {t.data_ptr() for t in (running_mean, running_var) if t is not None}
+    mean, var = [t.clone() if t.data_ptr() in inputs else t for t in (mean, var)]
+    return out, mean, rstd, var
 
 
 @batch_norm_fwd.register_fake

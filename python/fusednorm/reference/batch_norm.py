@@ -25,8 +25,8 @@ def batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):
         mean = xa.mean(dim=dims)
         var = (xa - _channel(mean, x)).square().mean(dim=dims)
     else:
-        mean = running_mean.to(acc)
-        var = running_var.to(acc)
+        mean = running_mean.to(acc, copy=True)  # outputs of an op must not alias its inputs
+        var = running_var.to(acc, copy=True)
     rstd = torch.rsqrt(var + eps)
     y = (xa - _channel(mean, x)) * _channel(rstd, x)
     if weight is not None:
