@@ -30,7 +30,9 @@ def assert_close(ours, ref64, torch_lp, name):
     ours64 = ours.double()
     assert not torch.isnan(ours64).any(), f"{name}: NaN in result"
     torch_err = (torch_lp.double() - ref64).abs().max().item() if ref64.numel() else 0.0
-    bound = 2 * torch_err + ATOL[ours.dtype]
+    # + fp32 accumulation noise relative to the magnitude (weight grads sum N*S terms)
+    scale = ref64.abs().max().item() if ref64.numel() else 0.0
+    bound = 2 * torch_err + ATOL[ours.dtype] + 1e-6 * scale
     err = (ours64 - ref64).abs()
     if ours.dtype == torch.bfloat16 and INTERPRETED:
         err = err - ref64.abs() * 2.0 ** -7  # one bf16 ulp of truncation
@@ -276,7 +278,9 @@ def compile_all_variants(module_name, n_variants, workers=2):
         i = worst[key]
         print(f"  {key[0]:<24} sm_{key[1]}: regs={i['regs']} local={i['local_bytes']} "
               f"stack={i['stack_bytes']} ({i['constexprs']})")
-    spilled = [i for i in results if i["local_bytes"] or i["stack_bytes"]]
+    # local memory = spilled registers.  A few stack bytes without local memory are the call
+    # frame of a subroutine (BatchNorm's NCHW int64 division on sm_80), not spills: printed only.
+    spilled = [i for i in results if i["local_bytes"] or i["stack_bytes"] > 16]
     assert not spilled, f"register spills: {spilled}"
     return {key[0] for key in worst}
 
