@@ -203,14 +203,16 @@ class Monitor:
         else:
             chosen = []
             mods = dict(model.named_modules())
-            for i, spec in enumerate(layers):
+            labelled = isinstance(layers, dict)  # {display name: module or module name}
+            for i, (label, spec) in enumerate(layers.items() if labelled else
+                                              zip([None] * len(layers), layers)):
                 if isinstance(spec, str):
                     if spec not in mods:
                         raise ValueError(f"monitor: layer name {spec!r} is not a submodule of "
                                          "the model (see model.named_modules())")
-                    chosen.append((spec, mods[spec]))
+                    chosen.append((label or spec, mods[spec]))
                 elif isinstance(spec, nn.Module):
-                    chosen.append((names.get(id(spec)) or f"layer{i}", spec))
+                    chosen.append((label or names.get(id(spec)) or f"layer{i}", spec))
                 else:
                     raise TypeError(f"monitor: layers[{i}] is {type(spec).__name__}, expected a "
                                     "module name (str) or an nn.Module")
@@ -441,7 +443,8 @@ def track(model, layers=None, *, reference=10, every=1, capture="input", feature
           norm_stats=True, var_floor=1e-5):
     """Track the input statistics of `model`'s norm layers (or of `layers`) per forward call.
 
-    layers:      None = every norm module in `model`; else names or modules (any module).
+    layers:      None = every norm module in `model`; else a list of names or modules (any
+                 module), or a dict {display name: name or module}.
     reference:   records in the reference window of the drift measures (and the summary's
                  averaging window).
     every:       record every `every`-th forward call of each layer.
