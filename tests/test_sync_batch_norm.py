@@ -1,0 +1,266 @@
+"""fusednorm SyncBatchNorm over torch.distributed (gloo on CPU, spawned ranks).
+
+Every rank holds one shard of a batch (uneven sizes, empty shards included); its output, input
+gradient, the rank-summed weight/bias gradients (what DDP's all-reduce produces) and its
+running statistics must equal those of one torch.nn.BatchNorm over the concatenated batch.
+Each rank checks its own numbers against that oracle and reports a traceback or None through
+a queue; the parent fails the test on the first report of failure, on a rank that dies, or
+after a deadline, and terminates every rank it started, so nothing hangs.
+"""
+import copy
+import datetime
+import itertools
+import multiprocessing as mp
+import queue
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as tnn
+
+import fusednorm.nn as fnn
+from fusednorm.sync_batch_norm import SyncBatchNorm
+
+SIZES = {2: [5, 3], 4: [5, 0, 3, 8]}
+C = 3
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=2e-5)}
+TORCH_BN = {2: tnn.BatchNorm1d, 3: tnn.BatchNorm1d, 4: tnn.BatchNorm2d, 5: tnn.BatchNorm3d}
+
+
+# ------------------------------------------------------------------------------- harness
+def _worker(rank, world, init_file, case, q):
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=30))
+        try:
+            globals()[case](rank, world)
+        finally:
+            dist.destroy_process_group()
+        q.put((rank, None))
+    except BaseException:  # noqa: B902  (anything, reported to the parent)
+        q.put((rank, traceback.format_exc()))
+
+
+def _spawn(world, case, tmp_path, timeout=60.0):
+    """Run ``case(rank, world)`` on ``world`` gloo ranks; fail on any rank's failure."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "fusednorm",
+                                "test_sync_batch_norm"])
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, world, str(tmp_path / "store"), case, q),
+                         daemon=True) for r in range(world)]
+    for p in procs:
+        p.start()
+    done, deadline = set(), time.monotonic() + timeout
+    try:
+        while len(done) < world:
+            try:
+                rank, tb = q.get(timeout=0.2)
+            except queue.Empty:
+                dead = {r: p.exitcode for r, p in enumerate(procs)
+                        if r not in done and p.exitcode not in (None, 0)}
+                if dead:
+                    pytest.fail(f"{case}: rank(s) died without a report, exit codes {dead}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{case}: timed out after {timeout:.0f} s; ranks done: "
+                                f"{sorted(done)} of {world}")
+                continue
+            done.add(rank)
+            if tb is not None:
+                pytest.fail(f"{case}: rank {rank} of {world} failed:\n{tb}")
+    finally:
+        for p in procs:
+            p.join(timeout=10 if len(done) == world else 0.1)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+
+
+# ------------------------------------------------------------------------ per-rank checks
+def _randn(*shape, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels_last,
+                          momentum, affine=True, track=True, source="torch", steps=2):
+    """One rank's part of: SyncBatchNorm over shards ``sizes`` == torch BN over their
+    concatenation, for ``steps`` training steps (momentum=None: cumulative average)."""
+    dims = 2 + len(tail)
+    ref = TORCH_BN[dims](C, momentum=momentum, affine=affine, track_running_stats=track)
+    ref = ref.to(dtype)
+    with torch.no_grad():
+        if affine:
+            ref.weight.copy_(_randn(C, seed=1, dtype=dtype))
+            ref.bias.copy_(_randn(C, seed=2, dtype=dtype))
+        if track:
+            ref.running_mean.copy_(_randn(C, seed=3, dtype=dtype))
+            ref.running_var.copy_(_randn(C, seed=4, dtype=dtype).abs() + 0.5)
+    start = copy.deepcopy(ref)
+    if source == "fusednorm":
+        start = fnn.__dict__[type(ref).__name__](C, momentum=momentum, affine=affine,
+                                                 track_running_stats=track).to(dtype)
+        start.load_state_dict(ref.state_dict())
+    ours = SyncBatchNorm.convert_sync_batchnorm(start, process_group=group)
+    assert type(ours) is SyncBatchNorm
+    lo, hi = sum(sizes[:my_index]), sum(sizes[:my_index + 1])
+    what = (f"rank {rank} dtype={dtype} tail={tail} channels_last={channels_last} "
+            f"momentum={momentum} affine={affine} track={track} source={source}")
+    tol = TOL[dtype]
+    for step in range(steps):
+        x = _randn(sum(sizes), C, *tail, seed=10 + step, dtype=dtype) * 2 + 3
+        g = _randn(sum(sizes), C, *tail, seed=20 + step, dtype=dtype)
+        xr = x.clone().requires_grad_()
+        r = ref(xr)
+        r.backward(g)
+        xs = x[lo:hi]
+        if channels_last:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        xs = xs.detach().requires_grad_()
+        o = ours(xs)
+        if channels_last:
+            assert o.is_contiguous(memory_format=torch.channels_last), what
+        torch.testing.assert_close(o, r[lo:hi], **tol, msg=lambda m: f"{what} out: {m}")
+        (o * g[lo:hi]).sum().backward()
+        if channels_last and xs.numel():
+            assert xs.grad.is_contiguous(memory_format=torch.channels_last), what
+        torch.testing.assert_close(xs.grad, xr.grad[lo:hi], **tol,
+                                   msg=lambda m: f"{what} dx: {m}")
+        if affine:
+            for name in ("weight", "bias"):
+                grad = getattr(ours, name).grad.clone()
+                dist.all_reduce(grad, group=group)  # what DDP does with parameter gradients
+                torch.testing.assert_close(grad, getattr(ref, name).grad, **tol,
+                                           msg=lambda m: f"{what} d{name}: {m}")
+            ours.zero_grad()
+            ref.zero_grad()
+        if track:
+            for name in ("running_mean", "running_var"):
+                torch.testing.assert_close(getattr(ours, name), getattr(ref, name), **tol,
+                                           msg=lambda m: f"{what} {name}: {m}")
+            assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == step + 1
+    # eval: local path with the (synchronized) running statistics, no collective
+    if track:
+        ours.eval()
+        ref.eval()
+        x = _randn(sum(sizes), C, *tail, seed=30, dtype=dtype)
+        torch.testing.assert_close(ours(x[lo:hi]), ref(x)[lo:hi], **tol)
+
+
+def case_world(rank, world):
+    sizes, group = SIZES[world], dist.group.WORLD
+    for dtype, (tail, cl), momentum in itertools.product(
+            (torch.float64, torch.float32), (((4, 5), False), ((4, 5), True), ((), False)),
+            (0.1, None)):
+        _check_against_concat(rank, sizes, group, rank, dtype=dtype, tail=tail,
+                              channels_last=cl, momentum=momentum)
+    _check_against_concat(rank, sizes, group, rank, dtype=torch.float64, tail=(2, 3, 2),
+                          channels_last=False, momentum=0.3, source="fusednorm")
+    _check_against_concat(rank, sizes, group, rank, dtype=torch.float64, tail=(7,),
+                          channels_last=False, momentum=0.1, affine=False)
+    _check_against_concat(rank, sizes, group, rank, dtype=torch.float32, tail=(4, 5),
+                          channels_last=True, momentum=0.1, affine=True, track=False)
+
+
+def case_subgroups(rank, world):
+    """process_group honoured: ranks {0, 1} and {2, 3} normalize over their own pair."""
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine, index = groups[rank // 2], rank % 2
+    sizes = SIZES[world][2 * (rank // 2):2 * (rank // 2) + 2]
+    _check_against_concat(rank, sizes, mine, index, dtype=torch.float64, tail=(4, 5),
+                          channels_last=True, momentum=None)
+
+
+def case_all_empty(rank, world):
+    """A step whose whole global batch is empty changes no statistics and no counter."""
+    m = SyncBatchNorm(C).double()
+    before = copy.deepcopy(m.state_dict())
+    x = torch.empty(0, C, 4, dtype=torch.float64, requires_grad=True)
+    out = m(x)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert m.weight.grad.abs().sum().item() == 0
+
+
+def case_fail(rank, world):
+    if rank == 1:
+        raise RuntimeError("deliberate failure on rank 1")
+    t = torch.zeros(1)
+    dist.all_reduce(t)  # rank 0 blocks here; the parent must not wait for it
+
+
+# ---------------------------------------------------------------------------------- tests
+@pytest.mark.timeout(120)
+def test_two_ranks(tmp_path):
+    _spawn(2, "case_world", tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_four_ranks_with_empty_shard(tmp_path):
+    _spawn(4, "case_world", tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_four_ranks_subgroups_and_all_empty(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _spawn(4, "case_subgroups", tmp_path / "a")
+    _spawn(2, "case_all_empty", tmp_path / "b")
+
+
+@pytest.mark.timeout(60)
+def test_rank_failure_fails_fast(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match=r"rank \d of 2 failed"):
+        _spawn(2, "case_fail", tmp_path)
+    assert time.monotonic() - t0 < 40
+
+
+# --------------------------------------------------------------- single process (no spawn)
+def test_falls_back_to_local_batch_norm_without_process_group():
+    assert not dist.is_initialized()
+    ref = tnn.BatchNorm2d(C, momentum=None)
+    ours = SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(ref))
+    for mode in ("train", "train", "eval"):
+        getattr(ref, mode)()
+        getattr(ours, mode)()
+        x = _randn(4, C, 3, 5, seed=5, dtype=torch.float32)
+        xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+        r, o = ref(xr), ours(xo)
+        torch.testing.assert_close(o, r)
+        r.square().sum().backward()
+        o.square().sum().backward()
+        torch.testing.assert_close(xo.grad, xr.grad)
+        torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert ours.num_batches_tracked.item() == 2
+
+
+def test_convert_sync_batchnorm():
+    model = tnn.Sequential(tnn.Conv2d(3, 4, 1), tnn.BatchNorm2d(4), fnn.BatchNorm1d(5).double(),
+                           tnn.Sequential(tnn.SyncBatchNorm(6, momentum=None)), tnn.LayerNorm(4))
+    model[2]._fusednorm_backend = "torch"
+    model[1].eval()
+    params = {id(p) for p in model.parameters()}
+    bufs = {id(b) for b in model.buffers()}
+    sentinel = object()
+    out = SyncBatchNorm.convert_sync_batchnorm(model, process_group=sentinel)
+    assert out is model
+    bns = [model[1], model[2], model[3][0]]
+    assert all(type(m) is SyncBatchNorm and m.process_group is sentinel for m in bns)
+    assert type(model[4]) is tnn.LayerNorm and type(model[0]) is tnn.Conv2d
+    assert {id(p) for p in model.parameters()} == params
+    assert {id(b) for b in model.buffers()} == bufs
+    assert not model[1].training and model[2].training
+    assert model[2].weight.dtype == torch.float64 and model[2]._fusednorm_backend == "torch"
+    assert model[3][0].momentum is None and model[3][0].num_features == 6
+    single = SyncBatchNorm.convert_sync_batchnorm(tnn.BatchNorm3d(2))
+    assert type(single) is SyncBatchNorm and isinstance(single, tnn.SyncBatchNorm)
