@@ -280,8 +280,9 @@ def batch_norm_bwd(dy, x, weight, mean, rstd, training: bool, *,
         inv_m = 1.0 / M if training else 0.0
         _bn_bwd_dx_kernel[grid](x, dy, dx, w, mean, rstd, sums, C, S, M, chunk, inv_m, **meta)
     gdtype = weight.dtype if weight is not None else x.dtype
-    dweight = None if weight is None else sums[1].to(gdtype)
-    dbias = sums[0].to(gdtype)
+    # copies: the two rows of one buffer may not come back as aliasing outputs of a custom op
+    dweight = None if weight is None else sums[1].to(gdtype, copy=True)
+    dbias = sums[0].to(gdtype, copy=True)
     return dx, dweight, dbias
 
 
