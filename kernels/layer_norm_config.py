@@ -5,14 +5,15 @@ from dataclasses import dataclass
 import torch
 
 # Widest row kept whole in registers.  The one-pass backward holds about six fp32 row-sized
-# values per thread (x, dy, w, xhat, dw/db accumulators); at 8192 columns and 16 warps that
-# is 16 columns x 6 = ~100 registers, under the 128 a 512-thread program may use.
-MAX_ONE_PASS_N = 8192
+# values per thread (x, dy, w, xhat, dw/db accumulators) plus their 64-bit addresses; at
+# 8192 columns and 16 warps it reached the 128-register cap of a 512-thread program and
+# spilled (sm_90), at 4096 it stays near 80.
+MAX_ONE_PASS_N = 4096
 # Chunk width of the looped kernels (rows wider than MAX_ONE_PASS_N).
 LOOPED_BLOCK_N = 4096
 # Smallest tile: narrower rows are masked.  Keeps the set of compiled variants small (every
 # block size is a recompile) at the cost of idle lanes for tiny hidden sizes.
-MIN_BLOCK_N = 128
+MIN_BLOCK_N = 256
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,18 @@ def _next_pow2(n: int) -> int:
 def layer_norm_config(n: int, dtype: torch.dtype) -> LayerNormConfig:
     """Block size, warps and kernel choice for rows of ``n`` elements of ``dtype``.
 
-    Warps grow with the bytes of a tile, ~1 KiB per warp (16 B per thread: one vector load
-    for every dtype), between 4 (latency hiding for short rows) and 16.
+    One-pass: warps grow with the bytes of a tile, ~512 B per warp (16 B per thread: one
+    vector load for every dtype), between 4 (latency hiding for short rows) and 16.  At
+    1 KiB per warp the 16-bit backward needed 150-200 registers (low occupancy).
+    Looped: always 16 warps; the looped backward keeps ~7 chunk-sized values and their 64-bit
+    addresses live, which at 8 warps hit the register cap for 16-bit dtypes.
     """
     if n < 1:
         raise ValueError(f"layer_norm_config: n={n} must be >= 1")
     elem = torch.empty((), dtype=dtype).element_size()
     one_pass = n <= MAX_ONE_PASS_N
     block_n = max(MIN_BLOCK_N, _next_pow2(n)) if one_pass else LOOPED_BLOCK_N
-    num_warps = min(16, max(4, _next_pow2(block_n * elem // 1024)))
+    num_warps = min(16, max(4, _next_pow2(block_n * elem // 512))) if one_pass else 16
     ctas_per_sm = max(1, 16 // num_warps)
     return LayerNormConfig(block_n=block_n, num_warps=num_warps, one_pass=one_pass,
                            ctas_per_sm=ctas_per_sm)
