@@ -39,6 +39,26 @@ def _find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def _jit_sources(sources: list) -> list:
+    """torch's JIT names object files by source basename, so the three <norm>/launch.cu would
+    collide: compile each through a uniquely named one-line wrapper that #includes it."""
+    import tempfile
+
+    wrap_dir = Path(tempfile.gettempdir()) / "fusednorm_jit_sources"
+    wrap_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in map(Path, sources):
+        if src.name != "launch.cu":
+            out.append(str(src))
+            continue
+        wrapper = wrap_dir / f"{src.parent.name}_launch.cu"
+        text = f'#include "{src.resolve()}"\n'
+        if not wrapper.exists() or wrapper.read_text() != text:  # keep ninja's rebuild check quiet
+            wrapper.write_text(text)
+        out.append(str(wrapper))
+    return out
+
+
 def _jit_build(import_error: BaseException) -> str | None:
     """Build and load the extension from <repo>/csrc; None on success, else the reason."""
     csrc = _csrc_dir()
@@ -56,7 +76,8 @@ def _jit_build(import_error: BaseException) -> str | None:
         kw = build.extension_kwargs(str(csrc.parent))
         from torch.utils.cpp_extension import load
 
-        load(name="fusednorm_C_jit", sources=kw["sources"], extra_include_paths=kw["include_dirs"],
+        load(name="fusednorm_C_jit", sources=_jit_sources(kw["sources"]),
+             extra_include_paths=kw["include_dirs"],
              extra_cflags=kw["extra_compile_args"]["cxx"],
              extra_cuda_cflags=kw["extra_compile_args"]["nvcc"], is_python_module=False,
              verbose=False)
