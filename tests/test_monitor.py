@@ -383,3 +383,13 @@ def test_no_host_sync_per_step_cuda():
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert len(mon.stats("1")["step"]) == 3
+
+
+def test_to_pandas_when_installed():
+    pd = pytest.importorskip("pandas")
+    bn = ContractBN(3)
+    with track(bn, reference=1) as mon:
+        bn(torch.randn(8, 3))
+        bn(torch.randn(8, 3) + 1)
+    df = mon.to_pandas()
+    assert isinstance(df, pd.DataFrame) and len(df) == 2 and df["sym_kl"].iloc[1] > 0
