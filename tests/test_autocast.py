@@ -101,10 +101,8 @@ def _rms_eps_default_is_torchs(device, dtype) -> bool:
 
 def _autocast_norm_check(device, dtype, expect_torch_dtype):
     torch.manual_seed(0)
-    rms_ok = _rms_eps_default_is_torchs(device, dtype)
+    assert _rms_eps_default_is_torchs(device, dtype)
     for name, pre, norm, shape in _models():
-        if name == "RMSNorm" and not rms_ok:
-            continue
         pre, norm = pre.to(device), norm.to(device)
         with torch.no_grad():
             norm.weight.normal_()
@@ -143,10 +141,6 @@ def _autocast_norm_check(device, dtype, expect_torch_dtype):
                                        **_wtol(dtype, p_ref.grad, p64.grad))
         yo.float().sum().backward()  # the whole model backpropagates under autocast
         assert all(p.grad is not None for p in ours.parameters()), what
-    if not rms_ok:
-        pytest.xfail("RMSNorm(eps=None): fusednorm uses finfo(input.dtype).eps, torch uses "
-                     "finfo(float32).eps for fp16/bf16 (its opmath type): outputs differ for "
-                     "inputs whose mean square is near bf16's eps; every other norm checked")
 
 
 def test_cpu_autocast_bf16_matches_torch_modules():

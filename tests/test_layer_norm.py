@@ -192,11 +192,12 @@ def test_gradcheck(rms):
             x, (5,), w, b, residual=r, prenorm=True, backend="torch"), (x, r, w, b))
 
 
-def test_rms_default_eps_is_finfo():
-    """eps=None means finfo(input.dtype).eps, as in torch; visible on rows of tiny values."""
+def test_rms_default_eps_is_torchs():
+    """eps=None is torch's default: finfo of the compute dtype (float32 for fp16/bf16),
+    visible on rows of tiny values, where finfo(fp16).eps would give a very different answer."""
     x = randn(4, 8, dtype=torch.float16, seed=21) * 1e-3
     ours = fusednorm.rms_norm(x, (8,), backend="torch")
-    ref = F.rms_norm(x.double(), (8,), eps=torch.finfo(torch.float16).eps)
+    ref = F.rms_norm(x.double(), (8,), eps=torch.finfo(torch.float32).eps)
     assert_accurate(ours, ref, F.rms_norm(x, (8,)), torch.float16, "eps=None")
-    wrong = F.rms_norm(x.double(), (8,), eps=1e-5)
+    wrong = F.rms_norm(x.double(), (8,), eps=torch.finfo(torch.float16).eps)
     assert (ours.double() - wrong).abs().max() > 0.1

@@ -44,8 +44,9 @@ def check_param(fn: str, name: str, p, shape: Sequence[int], x: torch.Tensor):
 
 
 def check_eps(fn: str, eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
-            or eps < 0:
+    # a chained comparison, not math.isfinite: under torch.compile(dynamic=True) eps may be a
+    # symbolic float, which math.isfinite would turn into a graph break
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < math.inf):
         fail(fn, ValueError, f"eps={eps!r}; expected a finite number >= 0")
     return float(eps)
 

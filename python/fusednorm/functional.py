@@ -59,7 +59,9 @@ def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, 
     if not isinstance(prenorm, bool):
         V.fail(fn, TypeError, f"prenorm={prenorm!r}; expected a bool")
     if rms and eps is None:
-        eps = torch.finfo(input.dtype).eps
+        # torch's default: the eps of the dtype the norm computes in (float32 for fp16/bf16
+        # inputs, float64 for float64), not of the input dtype
+        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     eps = V.check_eps(fn, eps)
     name = _backend.resolve(fn, "layer_norm", backend, input)
     n = math.prod(shape)
@@ -92,7 +94,8 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
              residual: Optional[Tensor] = None, prenorm: bool = False,
              backend: Optional[str] = None):
-    """RMSNorm (torch.nn.functional.rms_norm); ``eps=None`` means finfo(input.dtype).eps."""
+    """RMSNorm (torch.nn.functional.rms_norm); ``eps=None`` is torch's default, the machine
+    epsilon of the compute dtype (float32 for fp16/bf16/fp32 inputs, float64 for float64)."""
     return _layer_norm_stats("rms_norm", input, normalized_shape, weight, None, eps,
                              residual, prenorm, backend, rms=True)[0]
 

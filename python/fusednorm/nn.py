@@ -12,7 +12,7 @@ from torch import Tensor
 from . import functional as F
 
 __all__ = ["LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm"]
 
 
 def _emit(module, kind, stats):
@@ -126,3 +126,8 @@ SWAPS = {
     torch.nn.BatchNorm3d: BatchNorm3d, torch.nn.InstanceNorm1d: InstanceNorm1d,
     torch.nn.InstanceNorm2d: InstanceNorm2d, torch.nn.InstanceNorm3d: InstanceNorm3d,
 }
+
+# SyncBatchNorm builds on _BatchNormMixin above, so it is imported last.
+from .sync_batch_norm import SyncBatchNorm  # noqa: E402
+
+SWAPS[torch.nn.SyncBatchNorm] = SyncBatchNorm
