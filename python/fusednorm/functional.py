@@ -48,6 +48,36 @@ def _spatial_layout(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+# -------------------------------------------------------------------------------- autocast
+# torch's CUDA autocast runs layer_norm and group_norm in fp32 (ATen's autocast fp32 list):
+# under it, torch's modules return fp32 from fp16/bf16 inputs.  Drop-in means the same here.
+_AUTOCAST_FP32_CUDA = frozenset({"layer_norm", "group_norm"})
+_rms_autocast_dtype = {}
+
+
+def _autocast_dtype(op: str, x: Tensor):
+    """The dtype torch's own op would compute in for x under the active autocast, or None
+    when autocast leaves x alone."""
+    if x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16) \
+            or not torch.is_autocast_enabled("cuda"):
+        return None
+    if op in _AUTOCAST_FP32_CUDA:
+        return torch.float32
+    if op == "rms_norm" and not torch.compiler.is_compiling():
+        # rms_norm is not on the documented list; what torch does depends on its version,
+        # so ask it once per dtype (a one-element call) and do the same.
+        key = (x.dtype, torch.get_autocast_dtype("cuda"))
+        if key not in _rms_autocast_dtype:
+            probe = torch.ones(1, 2, device=x.device, dtype=x.dtype)
+            _rms_autocast_dtype[key] = torch.nn.functional.rms_norm(probe, (2,)).dtype
+        return _rms_autocast_dtype[key] if _rms_autocast_dtype[key] != x.dtype else None
+    return None
+
+
+def _cast(t, dtype):
+    return t if t is None or dtype is None else t.to(dtype)
+
+
 # ------------------------------------------------------------------------ layer / rms norm
 def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, prenorm,
                       backend, rms):
@@ -58,6 +88,9 @@ def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, 
     V.check_residual(fn, residual, input)
     if not isinstance(prenorm, bool):
         V.fail(fn, TypeError, f"prenorm={prenorm!r}; expected a bool")
+    ac = _autocast_dtype(fn, input)
+    if ac is not None:
+        input, residual, weight, bias = (_cast(t, ac) for t in (input, residual, weight, bias))
     if rms and eps is None:
         # torch's default: the eps of the dtype the norm computes in (float32 for fp16/bf16
         # inputs, float64 for float64), not of the input dtype
@@ -109,6 +142,9 @@ def _group_norm_stats(fn, input, num_groups, weight, bias, eps, activation, back
     V.check_param(fn, "bias", bias, (c,), input)
     eps = V.check_eps(fn, eps)
     act = V.check_activation(fn, activation)
+    ac = _autocast_dtype(fn, input)
+    if ac is not None:
+        input, weight, bias = (_cast(t, ac) for t in (input, weight, bias))
     name = _backend.resolve(fn, "group_norm", backend, input)
     x = _spatial_layout(input)
     out, mean, rstd = _gn_ops.group_norm_fwd(x, weight, bias, num_groups, eps, act, name)
