@@ -80,7 +80,9 @@ TEST_T=$(min 240 $(max 30 $(( $(left) - 150 ))))
 PT_TIMEOUT=""
 $PY -c "import pytest_timeout" 2>/dev/null && PT_TIMEOUT="--timeout=120"
 log "tests: pytest tests (wall limit ${TEST_T}s) -> $TEST_LOG"
-timeout "$TEST_T" $PY -m pytest tests -q -p no:cacheprovider -rfE $PT_TIMEOUT > "$TEST_LOG" 2>&1
+# GPU_PYTEST_ARGS narrows the run to what needs the GPU (the CPU-only suites run in CI).
+timeout "$TEST_T" $PY -m pytest tests -q -p no:cacheprovider -rfE $PT_TIMEOUT ${GPU_PYTEST_ARGS:-} \
+  > "$TEST_LOG" 2>&1
 TEST_RC=$?
 [ $TEST_RC -eq 124 ] && echo "!!!! pytest stopped by the ${TEST_T}s wall limit" >> "$TEST_LOG"
 TEST_LINE=$(grep -E "(passed|failed|error|no tests ran)" "$TEST_LOG" | tail -1)
