@@ -144,10 +144,19 @@ def main(argv=None):
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     meta = collect_meta(device)
     rows = []
+    backend = os.environ.get("FUSEDNORM_BACKEND", "auto")
     for name, make in models(device, args.quick).items():
-        for r in bench_model(name, make, device, args.rounds, args.steps):
-            rows.append({**r, **meta, "timer": "cuda events" if device == "cuda"
-                         else "perf_counter"})
+        try:
+            got = bench_model(name, make, device, args.rounds, args.steps)
+        except Exception as e:  # one broken backend/op must not hide the other models
+            print(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        for r in got:
+            rows.append({**r, **meta, "backend": backend,
+                         "timer": "cuda events" if device == "cuda" else "perf_counter"})
+    if not rows:
+        print("no model could be timed")
+        return 1
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "monitor_overhead.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -156,6 +165,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "monitor_overhead.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(f"device: {meta['gpu']}, torch {meta['torch']}, commit {meta['commit']}, "
+          f"FUSEDNORM_BACKEND={backend}, "
           f"timer: {rows[0]['timer']}, median of {args.rounds} blocks of {args.steps} steps")
     print("| model | input | mode | source | ms/step | overhead | min..max ms |")
     print("|---|---|---|---|---:|---:|---|")
