@@ -393,3 +393,16 @@ def test_to_pandas_when_installed():
         bn(torch.randn(8, 3) + 1)
     df = mon.to_pandas()
     assert isinstance(df, pd.DataFrame) and len(df) == 2 and df["sym_kl"].iloc[1] > 0
+
+
+def test_nested_monitors_both_record_from_the_norm():
+    bn = ContractBN(6)
+    x = _offset(20, 6, seed=5)
+    with track(bn) as outer:
+        with track(bn) as inner:
+            bn(x)
+        bn(x)
+    assert outer.source("<model>") == inner.source("<model>") == "norm"
+    assert len(outer.stats("<model>")["step"]) == 2 and len(inner.stats("<model>")["step"]) == 1
+    torch.testing.assert_close(outer.stats("<model>")["var"][0], inner.stats("<model>")["var"][0])
+    assert not hasattr(bn, HOOK_ATTR)
