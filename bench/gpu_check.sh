@@ -65,10 +65,13 @@ if [ "$BUILD" = failed ]; then
   echo "==== fallback: setup.py build_ext --inplace" >> "$BUILD_LOG"
   FUSEDNORM_BUILD_CUDA=1 timeout "$T" $PY setup.py build_ext --inplace >> "$BUILD_LOG" 2>&1 \
     && BUILD="ok (build_ext --inplace)"
-  # Make the Python package importable either way (the in-place _C, if any, is found there).
-  echo "==== python-only editable install" >> "$BUILD_LOG"
-  FUSEDNORM_BUILD_CUDA=0 timeout 60 $PY -m pip install --no-build-isolation --no-deps --no-index \
-    -e . >> "$BUILD_LOG" 2>&1 || log "build: python-only editable install failed too (see log)"
+  # Make the package importable without pip: stage python/fusednorm (with the in-place _C,
+  # if it was built) and kernels/ as fusednorm.kernels, as setup.py's package_dir would.
+  STAGE=${TMPDIR:-/tmp}/fusednorm-stage
+  rm -rf "$STAGE" && mkdir -p "$STAGE" && cp -r python/fusednorm "$STAGE/" \
+    && cp -r kernels "$STAGE/fusednorm/kernels" \
+    && export PYTHONPATH="$STAGE${PYTHONPATH:+:$PYTHONPATH}" \
+    && log "build: package staged at $STAGE (PYTHONPATH)"
 fi
 CUDA_AVAIL=$($PY -c "import fusednorm; print(fusednorm.available_backends())" 2>&1 | tail -1)
 log "build: $BUILD; available_backends: $CUDA_AVAIL"
