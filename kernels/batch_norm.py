@@ -86,7 +86,9 @@ def _bn_merge_kernel(
         offs = kk[:, None].to(tl.int64) * C + ch[None, :]
         mask = k_mask[:, None] & c_mask[None, :]
         p_mean = tl.load(Part + offs, mask=mask, other=0.0)
-        p_m2 = tl.load(Part + split.to(tl.int64) * C + offs, mask=mask, other=0.0)
+        # tl.cast, not split.to(): on a GPU Triton turns an integer argument equal to 1 into a
+        # plain Python int, which has no .to() (tests/test_triton_specialization.py)
+        p_m2 = tl.load(Part + tl.cast(split, tl.int64) * C + offs, mask=mask, other=0.0)
         # exact merge of a block: n = sum n_k, mean = sum n_k mean_k / n,
         # M2 = sum M2_k + sum n_k (mean_k - mean)^2
         b_n = tl.sum(cnt, axis=0)

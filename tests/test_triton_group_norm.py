@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -110,10 +111,12 @@ def check_gn(shape, G, dtype, device, channels_last=False, affine=True, silu=Fal
 
     d64 = lambda t: None if t is None else t.double()  # noqa: E731
     ref = gn_reference(d64(x), d64(w), d64(b), G, eps, silu, dy.double())
-    # torch's own error: its op on the same low-precision tensors (fp32 affine parameters,
-    # the mixed-dtype form torch's CPU kernel accepts)
-    f32 = lambda t: None if t is None else t.float()  # noqa: E731
-    lp = gn_reference(x, f32(w), f32(b), G, eps, silu, dy)
+    # torch's own error: its op on the same low-precision tensors.  torch's CPU kernel takes
+    # fp32 affine parameters with fp16/bf16 x; its CUDA kernel wants them in x's dtype
+    # ("expected scalar type Half but found Float", seen on an H200).
+    pdt = x.dtype if x.is_cuda else torch.float32
+    cast = lambda t: None if t is None else t.to(pdt)  # noqa: E731
+    lp = gn_reference(x, cast(w), cast(b), G, eps, silu, dy)
     assert out.dtype == dtype and out.stride() == x.stride(), "out must keep x's layout/dtype"
     assert dx.stride() == x.stride()
     assert_close(out, ref[0], lp[0], "out")
@@ -151,7 +154,7 @@ CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_group_norm_matches_float64(case, dtype, device):
-    torch.manual_seed(hash((case, str(dtype))) % 2**31)
+    torch.manual_seed(zlib.crc32(repr((case, str(dtype))).encode()))
     shape, G, cl, affine, silu = case
     check_gn(shape, G, dtype, device, channels_last=cl, affine=affine, silu=silu)
 
