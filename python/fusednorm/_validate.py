@@ -97,3 +97,13 @@ def check_activation(fn: str, activation: Optional[str]) -> str:
     if activation != "silu":
         fail(fn, ValueError, f"activation={activation!r}; expected None or 'silu'")
     return activation
+
+
+def check_channel_norm(fn: str, x, min_dim: int, **params) -> int:
+    """input of at least ``min_dim`` dims with channels at dim 1, and per-channel tensors
+    (weight, bias, running stats: None or (C,)); returns C."""
+    check_input(fn, x, min_dim=min_dim)
+    c = x.shape[1]
+    for name, p in params.items():
+        check_param(fn, name, p, (c,), x)
+    return c

@@ -135,11 +135,8 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
 
 # ------------------------------------------------------------------------------ group norm
 def _group_norm_stats(fn, input, num_groups, weight, bias, eps, activation, backend):
-    V.check_input(fn, input, min_dim=2)
-    c = input.shape[1]
+    c = V.check_channel_norm(fn, input, 2, weight=weight, bias=bias)
     V.check_num_groups(fn, num_groups, c)
-    V.check_param(fn, "weight", weight, (c,), input)
-    V.check_param(fn, "bias", bias, (c,), input)
     eps = V.check_eps(fn, eps)
     act = V.check_activation(fn, activation)
     ac = _autocast_dtype(fn, input)
@@ -175,12 +172,8 @@ def _update_running(running_mean, running_var, mean, var_unbiased, momentum):
 
 def _batch_norm_stats(fn, input, running_mean, running_var, weight, bias, training, momentum,
                       eps, backend):
-    V.check_input(fn, input, min_dim=2)
-    c = input.shape[1]
-    V.check_param(fn, "weight", weight, (c,), input)
-    V.check_param(fn, "bias", bias, (c,), input)
-    V.check_param(fn, "running_mean", running_mean, (c,), input)
-    V.check_param(fn, "running_var", running_var, (c,), input)
+    c = V.check_channel_norm(fn, input, 2, weight=weight, bias=bias,
+                             running_mean=running_mean, running_var=running_var)
     eps = V.check_eps(fn, eps)
     if not training and (running_mean is None or running_var is None):
         V.fail(fn, RuntimeError, "running_mean and running_var are required when "
@@ -216,12 +209,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
 # --------------------------------------------------------------------------- instance norm
 def _instance_norm_stats(fn, input, running_mean, running_var, weight, bias, use_input_stats,
                          momentum, eps, backend):
-    V.check_input(fn, input, min_dim=3)
-    c = input.shape[1]
-    V.check_param(fn, "weight", weight, (c,), input)
-    V.check_param(fn, "bias", bias, (c,), input)
-    V.check_param(fn, "running_mean", running_mean, (c,), input)
-    V.check_param(fn, "running_var", running_var, (c,), input)
+    c = V.check_channel_norm(fn, input, 3, weight=weight, bias=bias,
+                             running_mean=running_mean, running_var=running_var)
     eps = V.check_eps(fn, eps)
     spatial = math.prod(input.shape[2:])
     if not use_input_stats:
