@@ -91,3 +91,19 @@ def test_module_wrong_channels():
     m = fusednorm.convert(torch.nn.InstanceNorm1d(5, affine=True))
     with pytest.raises(ValueError, match="match num_features"):
         m(randn(2, 4, 7))
+
+
+def test_auto_backend_selection(monkeypatch):
+    from fusednorm import _backend
+
+    monkeypatch.delenv("FUSEDNORM_BACKEND", raising=False)
+    assert _backend.resolve("layer_norm", "layer_norm", None, X) == "torch"
+    assert _backend.resolve("layer_norm", "layer_norm", "auto", X) == "torch"
+    if torch.cuda.is_available():
+        xg = X.cuda()
+        want = "cuda" if (_backend._prebuilt_extension()
+                          and fusednorm.available_backends()["cuda"] is True) else "triton"
+        for op in ("layer_norm", "group_norm", "batch_norm"):
+            assert _backend.resolve("f", op, None, xg) == want
+        # float64 is the reference's alone
+        assert _backend.resolve("f", "layer_norm", None, xg.double()) == "torch"

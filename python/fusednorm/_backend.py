@@ -5,6 +5,7 @@ are imported on first use, never at ``import fusednorm``.  ``FUSEDNORM_BACKEND``
 every call that does not name a backend.
 """
 import importlib
+import importlib.util
 import os
 from typing import Optional
 
@@ -16,7 +17,12 @@ _MODULES = {
     "cuda": "fusednorm.backends.cuda",
 }
 # "auto" tries these in order for CUDA tensors; CPU tensors always get the reference.
-_AUTO_ORDER_CUDA = ("triton", "cuda", "torch")
+# cuda first: on an H200 (bench/RESULTS.md, 2026-11-26) its fwd+bwd was faster than the
+# Triton kernels for every norm on the issue shapes (e.g. LN bf16 16384x8192: 1883 vs 1364
+# GB/s; GN: 848 vs 368; BN: 1180 vs 762).  "auto" takes it only when the extension was
+# prebuilt at install time: a just-in-time build (a minute or more) happens only when asked
+# for by name.
+_AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
 _loaded = {}
 
 
@@ -30,6 +36,11 @@ def _load(name: str):
             mod, reason = None, f"cannot import {_MODULES[name]}: {e}"
         _loaded[name] = (None, reason) if reason else (mod, None)
     return _loaded[name]
+
+
+def _prebuilt_extension() -> bool:
+    """Whether fusednorm._C was built at install time (looked up, not imported)."""
+    return importlib.util.find_spec("fusednorm._C") is not None
 
 
 def get(name: str):
@@ -65,6 +76,8 @@ def resolve(fn: str, op: str, backend: Optional[str], x: torch.Tensor) -> str:
         if x.device.type != "cuda":
             return "torch"
         for name in _AUTO_ORDER_CUDA:
+            if name == "cuda" and name not in _loaded and not _prebuilt_extension():
+                continue
             mod = get(name)
             if mod is not None and _device_reason(name, mod, op, x) is None:
                 return name
