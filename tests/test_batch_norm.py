@@ -135,3 +135,14 @@ def test_gradcheck_batch_norm():
         x, None, None, w, b, True, backend="torch"), (x, w, b))
     torch.autograd.gradcheck(lambda x, w, b: fusednorm.batch_norm(
         x, rm, rv, w, b, False, backend="torch"), (x, w, b))
+
+
+def test_half_running_stats_round_once_like_torch():
+    """model.half(): fp16 buffers are updated in fp32 and rounded once, as torch does."""
+    ref = torch.nn.BatchNorm2d(3).half()
+    ours = fusednorm.convert(torch.nn.BatchNorm2d(3).half())
+    for step in range(4):
+        x = (randn(4, 3, 5, 5, seed=80 + step) * 3 + 1).half()
+        torch.testing.assert_close(ours(x), ref(x), atol=2e-3, rtol=2e-3)  # 1-2 fp16 ulps
+    assert torch.equal(ours.running_mean, ref.running_mean)
+    assert torch.equal(ours.running_var, ref.running_var)

@@ -107,3 +107,19 @@ def test_auto_backend_selection(monkeypatch):
             assert _backend.resolve("f", op, None, xg) == want
         # float64 is the reference's alone
         assert _backend.resolve("f", "layer_norm", None, xg.double()) == "torch"
+
+
+def test_numpy_scalars_are_accepted_like_torch():
+    """torch.nn modules built from a numpy-parsed config keep working after convert()."""
+    import numpy as np
+
+    x = randn(2, 4, 3, seed=5)
+    for make in (lambda: torch.nn.LayerNorm(np.int64(3)), lambda: torch.nn.RMSNorm(np.int64(3)),
+                 lambda: torch.nn.GroupNorm(np.int64(2), 4),
+                 lambda: torch.nn.BatchNorm1d(4, eps=np.float32(1e-5)),
+                 lambda: torch.nn.InstanceNorm1d(4, eps=np.float32(1e-5))):
+        ref = make()
+        ours = fusednorm.convert(make())
+        torch.testing.assert_close(ours(x), ref(x))
+    with pytest.raises(TypeError, match="normalized_shape=True"):
+        fusednorm.layer_norm(x, True)

@@ -201,3 +201,47 @@ def test_rms_default_eps_is_torchs():
     assert_accurate(ours, ref, F.rms_norm(x, (8,)), torch.float16, "eps=None")
     wrong = F.rms_norm(x.double(), (8,), eps=torch.finfo(torch.float16).eps)
     assert (ours.double() - wrong).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+def test_strided_and_expanded_parameters(be, rms):
+    """Weights that are views (w[::2], an expanded scalar) are read as what they are, and
+    their gradients reach the viewed tensor (found by review: Triton read them as dense)."""
+    backend, device = be
+    require_backend(backend, device)
+    x = randn(3, 8, seed=31, device=device)
+    wa = randn(16, seed=32, device=device, requires_grad=True)
+    ba = randn(16, seed=33, device=device, requires_grad=True)
+    ws = torch.tensor([2.0], device=device, requires_grad=True)
+    fn = fusednorm.rms_norm if rms else fusednorm.layer_norm
+    tfn = F.rms_norm if rms else F.layer_norm
+    for w, b in ((wa[::2], ba[1::2]), (ws.expand(8), None)):
+        kw = {} if rms else {"bias": b}
+        out = fn(x, (8,), w, eps=1e-5, backend=backend, **kw)
+        ref = tfn(x.cpu().double(), (8,), w.detach().cpu().double(), eps=1e-5,
+                  **({} if rms else {"bias": None if b is None else b.detach().cpu().double()}))
+        torch.testing.assert_close(out.cpu().double(), ref, atol=2e-5, rtol=1e-5)
+    (fn(x, (8,), wa[::2], eps=1e-5, backend=backend) * x).sum().backward()
+    wd = wa.detach().cpu().double().requires_grad_()
+    (tfn(x.cpu().double(), (8,), wd[::2], eps=1e-5) * x.cpu().double()).sum().backward()
+    torch.testing.assert_close(wa.grad.cpu().double(), wd.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("be", backend_params())
+def test_zero_sized_normalized_dim_and_mixed_param_dtypes(be):
+    backend, device = be
+    require_backend(backend, device)
+    assert fusednorm.layer_norm(torch.randn(4, 0, device=device), (0,),
+                                backend=backend).shape == (4, 0)
+    assert fusednorm.rms_norm(torch.randn(2, 3, 0, device=device), (3, 0),
+                              backend=backend).shape == (2, 3, 0)
+    # fp32 activations with an fp16 weight (torch's rms_norm takes it): fp32 out, fp16 grad
+    x = randn(5, 16, seed=41, device=device)
+    w = randn(16, seed=42, device=device).half().requires_grad_()
+    out = fusednorm.rms_norm(x, (16,), w, eps=1e-6, backend=backend)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert w.grad.dtype == torch.float16
+    ref = F.rms_norm(x.cpu().double(), (16,), w.detach().cpu().double(), eps=1e-6)
+    torch.testing.assert_close(out.detach().cpu().double(), ref, atol=1e-5, rtol=1e-5)

@@ -6,11 +6,18 @@ Checks raise TypeError for a wrong type or dtype, ValueError for a wrong value o
 RuntimeError for a state problem (e.g. eval BatchNorm without running statistics).
 """
 import math
+import numbers
+import operator
 from typing import Optional, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _is_int(v) -> bool:
+    """An int, or an integer scalar such as numpy.int64 (torch.nn accepts those); not bool."""
+    return not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, numbers.Integral))
 
 
 def fail(fn: str, exc, msg: str):
@@ -46,17 +53,19 @@ def check_param(fn: str, name: str, p, shape: Sequence[int], x: torch.Tensor):
 def check_eps(fn: str, eps):
     # a chained comparison, not math.isfinite: under torch.compile(dynamic=True) eps may be a
     # symbolic float, which math.isfinite would turn into a graph break
+    if not isinstance(eps, (int, float)) and isinstance(eps, numbers.Real):
+        eps = float(eps)  # numpy scalars from a parsed config, as torch.nn accepts them
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < math.inf):
         fail(fn, ValueError, f"eps={eps!r}; expected a finite number >= 0")
     return float(eps)
 
 
 def normalized_shape_tuple(fn: str, normalized_shape, x: torch.Tensor):
-    if isinstance(normalized_shape, int):
-        shape = (normalized_shape,)
+    if _is_int(normalized_shape):
+        shape = (operator.index(normalized_shape),)
     elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
-            isinstance(s, int) and not isinstance(s, bool) for s in normalized_shape):
-        shape = tuple(normalized_shape)
+            _is_int(s) for s in normalized_shape):
+        shape = tuple(operator.index(s) for s in normalized_shape)
     else:
         fail(fn, TypeError, f"normalized_shape={normalized_shape!r}; expected an int or a "
              "sequence of ints")
@@ -85,7 +94,7 @@ def check_residual(fn: str, residual, x: torch.Tensor):
 
 
 def check_num_groups(fn: str, num_groups, channels: int):
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
+    if not _is_int(num_groups) or num_groups <= 0:
         fail(fn, ValueError, f"num_groups={num_groups!r}; expected a positive int")
     if channels % num_groups != 0:
         fail(fn, ValueError, f"num_groups={num_groups} must divide channels={channels}")

@@ -21,13 +21,15 @@ __all__ = ["layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"
 
 
 # --------------------------------------------------------------------------- layout helpers
-def _as_rows(t: Tensor, n: int) -> Tensor:
-    """(M, N) view with unit stride along N and rows at least N apart.
+def _as_rows(t: Tensor, nd: int) -> Tensor:
+    """(M, N) view of t, N = the product of its last ``nd`` dims, with unit stride along N and
+    rows at least N apart (M and N are computed, so a 0-sized dim on either side works).
 
     The one deliberate copy of the row path: a tensor whose last dims cannot be viewed so
     (a strided last dim, overlapping rows) is made contiguous here and nowhere else.
     """
-    rows = t.reshape(-1, n)
+    m, n = math.prod(t.shape[:t.dim() - nd]), math.prod(t.shape[t.dim() - nd:])
+    rows = t.reshape(m, n)
     if rows.shape[0] > 1 and rows.stride(0) < n or (n > 1 and rows.stride(1) != 1):
         rows = rows.contiguous()
     return rows
@@ -78,6 +80,16 @@ def _cast(t, dtype):
     return t if t is None or dtype is None else t.to(dtype)
 
 
+def _param_dtypes(x: Tensor, *params):
+    """Affine parameters / running stats as the kernels take them: all in x's dtype, or all
+    fp32.  Any other mix (fp32 x with fp16 weight, bf16 weight with fp16 bias, ...) is cast
+    to fp32 here -- torch.nn accepts some of these, and autograd casts the gradient back."""
+    present = [p for p in params if p is not None]
+    if all(p.dtype == x.dtype for p in present) or all(p.dtype == torch.float32 for p in present):
+        return params
+    return tuple(None if p is None else p.float() for p in params)
+
+
 # ------------------------------------------------------------------------ layer / rms norm
 def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, prenorm,
                       backend, rms):
@@ -98,10 +110,12 @@ def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, 
     eps = V.check_eps(fn, eps)
     name = _backend.resolve(fn, "layer_norm", backend, input)
     n = math.prod(shape)
-    x2 = _as_rows(input, n)
-    r2 = _as_rows(residual, n) if residual is not None else None
-    w = weight.reshape(-1) if weight is not None else None
-    b = bias.reshape(-1) if bias is not None else None
+    x2 = _as_rows(input, len(shape))
+    r2 = _as_rows(residual, len(shape)) if residual is not None else None
+    # kernels index the affine parameters as dense (N,) vectors: a strided or expanded view
+    # (weight[::2], w.expand(n)) is copied here; autograd routes the gradient back to it
+    w, b = (None if p is None else p.reshape(-1).contiguous() for p in (weight, bias))
+    w, b = _param_dtypes(input, w, b)
     out, xsum, mean, rstd = _ln_ops.layer_norm_fwd(x2, r2, w, b, eps, rms, name)
     out = out.view(input.shape)
     stats = {"mean": opt(mean), "rstd": rstd, "var": None, "eps": eps, "count": n}
@@ -137,6 +151,7 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
 def _group_norm_stats(fn, input, num_groups, weight, bias, eps, activation, backend):
     c = V.check_channel_norm(fn, input, 2, weight=weight, bias=bias)
     V.check_num_groups(fn, num_groups, c)
+    num_groups = int(num_groups)
     eps = V.check_eps(fn, eps)
     act = V.check_activation(fn, activation)
     ac = _autocast_dtype(fn, input)
@@ -144,6 +159,7 @@ def _group_norm_stats(fn, input, num_groups, weight, bias, eps, activation, back
         input, weight, bias = (_cast(t, ac) for t in (input, weight, bias))
     name = _backend.resolve(fn, "group_norm", backend, input)
     x = _spatial_layout(input)
+    weight, bias = _param_dtypes(input, weight, bias)
     out, mean, rstd = _gn_ops.group_norm_fwd(x, weight, bias, num_groups, eps, act, name)
     count = (input.numel() // max(input.shape[0], 1)) // num_groups if input.shape[0] else 0
     return out, {"mean": mean, "rstd": rstd, "var": None, "eps": eps, "count": count}
@@ -164,10 +180,12 @@ def _update_running(running_mean, running_var, mean, var_unbiased, momentum):
     """running <- (1 - momentum) * running + momentum * batch, on the device (momentum may
     be a 0-dim tensor, e.g. 1 / num_batches_tracked, so no host synchronization)."""
     with torch.no_grad():
-        if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype) * momentum)
-        if running_var is not None:
-            running_var.mul_(1 - momentum).add_(var_unbiased.to(running_var.dtype) * momentum)
+        for buf, batch in ((running_mean, mean), (running_var, var_unbiased)):
+            if buf is None:
+                continue
+            # computed in fp32 (fp64 for fp64 buffers) and rounded once, as torch does
+            acc = torch.promote_types(buf.dtype, torch.float32)
+            buf.copy_(buf.to(acc) * (1 - momentum) + batch.to(acc) * momentum)
 
 
 def _batch_norm_stats(fn, input, running_mean, running_var, weight, bias, training, momentum,
@@ -186,8 +204,9 @@ def _batch_norm_stats(fn, input, running_mean, running_var, weight, bias, traini
                f"input of shape {tuple(input.shape)}")
     name = _backend.resolve(fn, "batch_norm", backend, input)
     x = _spatial_layout(input)
-    out, mean, rstd, var = _bn_ops.batch_norm_fwd(x, weight, bias, running_mean, running_var,
-                                                  training, eps, name)
+    w, b = _param_dtypes(input, weight, bias)
+    rm, rv = _param_dtypes(input, running_mean, running_var)
+    out, mean, rstd, var = _bn_ops.batch_norm_fwd(x, w, b, rm, rv, training, eps, name)
     if training and input.numel() > 0:
         _update_running(running_mean, running_var, mean, var * (count / (count - 1)),
                         momentum)
@@ -226,7 +245,8 @@ def _instance_norm_stats(fn, input, running_mean, running_var, weight, bias, use
     name = _backend.resolve(fn, "group_norm", backend, input)
     x = _spatial_layout(input)
     # InstanceNorm is GroupNorm with one group per channel.
-    out, mean, rstd = _gn_ops.group_norm_fwd(x, weight, bias, c, eps, "", name)
+    w, b = _param_dtypes(input, weight, bias)
+    out, mean, rstd = _gn_ops.group_norm_fwd(x, w, b, c, eps, "", name)
     if input.numel() > 0 and (running_mean is not None or running_var is not None):
         with torch.no_grad():
             # The op returns rstd, not var: var = 1/rstd^2 - eps (relative error about
