@@ -15,7 +15,7 @@ from . import _validate as V
 from .ops import batch_norm as _bn_ops
 from .ops import group_norm as _gn_ops
 from .ops import layer_norm as _ln_ops
-from .ops._common import opt
+from .ops._common import opt, stat_dtype
 
 __all__ = ["layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"]
 
@@ -106,7 +106,7 @@ def _layer_norm_stats(fn, input, normalized_shape, weight, bias, eps, residual, 
     if rms and eps is None:
         # torch's default: the eps of the dtype the norm computes in (float32 for fp16/bf16
         # inputs, float64 for float64), not of the input dtype
-        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
+        eps = torch.finfo(stat_dtype(input)).eps
     eps = V.check_eps(fn, eps)
     name = _backend.resolve(fn, "layer_norm", backend, input)
     n = math.prod(shape)

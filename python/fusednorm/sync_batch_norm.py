@@ -31,16 +31,12 @@ from . import _backend
 from . import _validate as V
 from .functional import _spatial_layout
 from .nn import _BatchNormMixin, _backend as _module_backend, _emit
-from .ops._common import stat_dtype
-from .ops.group_norm import _like_strides
+from .ops._common import laid_out_like, stat_dtype
+from .reference._common import channel as _channel
 
 __all__ = ["SyncBatchNorm"]
 
 _FN = "SyncBatchNorm"
-
-
-def _channel(t: Tensor, x: Tensor) -> Tensor:
-    return t.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _all_gather(local: Tensor, group, world_size: int) -> Tensor:
@@ -96,7 +92,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
         c = x.shape[1]
         sd = stat_dtype(x)
         if x.numel() > 0:
-            dout = dout if dout.stride() == x.stride() else _like_strides(dout, x)
+            dout = laid_out_like(dout, x)
             # With a unit fp32 (fp64) weight the eval backward returns sum(dy * xhat) and
             # sum(dy) in the statistics dtype, whatever the weight's dtype (or its absence).
             # Its dx output (rstd * dy) is discarded.
@@ -117,9 +113,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
                 xhat = (x.to(sd) - _channel(mean, x)) * _channel(rstd, x)
                 dx = (dout.to(sd) - _channel(g_dy, x) - xhat * _channel(g_dy_xhat, x)) \
                     * _channel(scale, x)
-                dx = dx.to(x.dtype)
-                if dx.stride() != x.stride():
-                    dx = _like_strides(dx, x)
+                dx = laid_out_like(dx.to(x.dtype), x)
             else:
                 dx = torch.empty_like(x)
         dw = local[c:].to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] \

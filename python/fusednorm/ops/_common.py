@@ -1,12 +1,9 @@
 import torch
 
 from .. import _backend
+from ..reference._common import acc_dtype
 
 EMPTY_SHAPE = (0,)
-
-
-def none_if_empty(t):
-    return None if t is None or t.numel() == 0 and t.dim() == 1 and t.shape[0] == 0 else t
 
 
 def opt(t):
@@ -31,4 +28,15 @@ def backend_module(name: str):
 
 
 def stat_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    """dtype of the statistics every backend returns: float64 for float64 x, else float32."""
+    return acc_dtype(x.dtype)
+
+
+def laid_out_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t itself when it has x's strides, else copied into x's memory layout (the contract
+    hands kernels dy laid out like x)."""
+    if t.stride() == x.stride():
+        return t
+    out = torch.empty_like(x, dtype=t.dtype)
+    out.copy_(t)
+    return out

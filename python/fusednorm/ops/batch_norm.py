@@ -9,8 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import backend_module, empty_marker, opt, or_empty, stat_dtype
-from .group_norm import _like_strides
+from ._common import backend_module, empty_marker, laid_out_like, opt, or_empty, stat_dtype
 
 
 @torch.library.custom_op("fusednorm::batch_norm_fwd", mutates_args=())
@@ -49,7 +48,7 @@ def batch_norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor
         dw = torch.zeros_like(weight) if weight is not None else empty_marker(x)
         db = x.new_zeros((x.shape[1],), dtype=weight.dtype if weight is not None else x.dtype)
         return torch.empty_like(x), dw, db
-    dy = dy if dy.stride() == x.stride() else _like_strides(dy, x)
+    dy = laid_out_like(dy, x)
     dx, dw, db = backend_module(backend).batch_norm_bwd(dy, x, weight, mean, rstd, training)
     return dx, or_empty(dw, x), db
 

@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import backend_module, empty_marker, opt, or_empty, stat_dtype
+from ._common import backend_module, empty_marker, laid_out_like, opt, or_empty, stat_dtype
 
 
 @torch.library.custom_op("fusednorm::group_norm_fwd", mutates_args=())
@@ -34,7 +34,7 @@ def group_norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Option
         dw = torch.zeros_like(weight) if weight is not None else empty_marker(x)
         db = torch.zeros_like(bias) if bias is not None else empty_marker(x)
         return torch.empty_like(x), dw, db
-    dy = dy if dy.stride() == x.stride() else _like_strides(dy, x)
+    dy = laid_out_like(dy, x)
     dx, dw, db = backend_module(backend).group_norm_bwd(dy, x, weight, bias, mean, rstd,
                                                         num_groups, activation)
     return dx, or_empty(dw, x), or_empty(db, x)
@@ -45,13 +45,6 @@ def _(dy, x, weight, bias, mean, rstd, num_groups, activation, backend):
     dw = torch.empty_like(weight) if weight is not None else x.new_empty((0,))
     db = torch.empty_like(bias) if bias is not None else x.new_empty((0,))
     return torch.empty_like(x), dw, db
-
-
-def _like_strides(t: Tensor, x: Tensor) -> Tensor:
-    """t copied into x's memory layout (the contract gives kernels dy laid out like x)."""
-    out = torch.empty_like(x, dtype=t.dtype)
-    out.copy_(t)
-    return out
 
 
 def _setup_context(ctx, inputs, output):

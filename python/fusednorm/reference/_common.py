@@ -17,19 +17,13 @@ def mean_var(x: torch.Tensor, dims):
     return mean, var
 
 
-def memory_format_of(x: torch.Tensor):
-    """channels_last(_3d) when x is laid out so (and not plainly contiguous), else contiguous."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
 def like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """y cast to x's dtype, with exactly the strides torch.empty_like(x) would have."""
     out = torch.empty_like(x)
     out.copy_(y)
     return out
+
+
+def channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (C,) per-channel tensor shaped to broadcast over x = (N, C, *spatial)."""
+    return p.reshape(1, -1, *([1] * (x.dim() - 2)))

@@ -6,15 +6,11 @@ Backward (training): dx = rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat)) pe
 """
 import torch
 
-from ._common import acc_dtype, like
+from ._common import acc_dtype, channel as _channel, like
 
 
 def _reduce_dims(x):
     return [0] + list(range(2, x.dim()))
-
-
-def _channel(p, x):
-    return p.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):

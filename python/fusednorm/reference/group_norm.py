@@ -6,16 +6,11 @@ Backward per group, with g = dz * w:  dx = rstd * (g - mean(g) - xhat * mean(g *
 """
 import torch
 
-from ._common import acc_dtype, like, mean_var
+from ._common import acc_dtype, channel as _channel, like, mean_var
 
 
 def _grouped(t, n, groups):
     return t.reshape(n, groups, -1)
-
-
-def _channel(p, x):
-    """A (C,) parameter shaped to broadcast over (N, C, *spatial)."""
-    return p.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _xhat(xa, mean, rstd, groups):
