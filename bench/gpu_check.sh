@@ -79,21 +79,18 @@ log "build: $BUILD; available_backends: $CUDA_AVAIL"
 
 # ---- 2. GPU test suite ----------------------------------------------------------------------
 TEST_LOG=$OUTD/pytest.log
-TEST_T=$(min 240 $(max 30 $(( $(left) - 150 ))))
+TEST_T=$(min ${GPU_TEST_LIMIT_S:-300} $(max 30 $(( $(left) - 120 ))))
 PT_TIMEOUT=""
 $PY -c "import pytest_timeout" 2>/dev/null && PT_TIMEOUT="--timeout=120"
 log "tests: pytest tests (wall limit ${TEST_T}s) -> $TEST_LOG"
-# By default only the cases that need the GPU: the CPU-only suites (nvcc/Triton compile
-# checks for sm_80/sm_90, gloo SyncBatchNorm, the ICS example, the bench harness, CPU
-# torch.compile, the reference on CPU) run in CI and would only spend device time here.
-# GPU_PYTEST_ARGS (word-split) replaces this selection.
+# By default only the cases that exercise the GPU (`-m gpu`, see tests/conftest.py): the
+# CPU-only suites (nvcc/Triton compile checks for sm_80/sm_90, gloo SyncBatchNorm on CPU, the
+# ICS example, the bench harness, CPU torch.compile, the reference on CPU) run in CI and would
+# only spend device time here. GPU_PYTEST_ARGS (word-split) replaces this selection.
 if [ -n "${GPU_PYTEST_ARGS+x}" ]; then
   read -r -a PT_SEL <<< "$GPU_PYTEST_ARGS"
 else
-  PT_SEL=(--ignore=tests/test_cuda_compile.py --ignore=tests/test_ics_example.py
-          --ignore=tests/test_bench.py --ignore=tests/test_sync_batch_norm.py
-          --ignore=tests/test_compile.py --ignore=tests/test_triton_specialization.py
-          -k "not torch-cpu and not compile_every and not compile_all and not compile_fullgraph")
+  PT_SEL=(-m gpu)
 fi
 timeout "$TEST_T" $PY -m pytest tests -q -p no:cacheprovider -rfE $PT_TIMEOUT "${PT_SEL[@]}" \
   > "$TEST_LOG" 2>&1

@@ -148,6 +148,7 @@ def test_cpu_autocast_bf16_matches_torch_modules():
     _autocast_norm_check("cpu", torch.bfloat16, lambda name, dtype: dtype)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="CUDA autocast needs a CUDA device")
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_cuda_autocast(dtype):

@@ -42,37 +42,38 @@ def _bn_eval(x, w, b, rm, rv):
     return fusednorm.batch_norm(x, rm, rv, w, b, training=False)
 
 
-def _inputs(name, n, seed):
+def _inputs(name, n, seed, device="cpu"):
     """Inputs for case ``name`` with batch-like size ``n``: (grad-carrying, buffers)."""
     c = 4
+    r = lambda *s, seed: randn(*s, seed=seed, device=device)  # noqa: E731
     if name == "layer_norm":
-        return [randn(n, 3, 8, seed=seed), randn(8, seed=1), randn(8, seed=2)], []
+        return [r(n, 3, 8, seed=seed), r(8, seed=1), r(8, seed=2)], []
     if name == "rms_norm_prenorm":
-        return [randn(n, 8, seed=seed), randn(n, 8, seed=seed + 1), randn(8, seed=1)], []
+        return [r(n, 8, seed=seed), r(n, 8, seed=seed + 1), r(8, seed=1)], []
     if name == "group_norm_silu_cl":
-        x = randn(n, c, 3, 5, seed=seed).contiguous(memory_format=torch.channels_last)
-        return [x, randn(c, seed=1), randn(c, seed=2)], []
-    buffers = [randn(c, seed=3), randn(c, seed=4).abs() + 0.5]
-    x = randn(n, c, 3, 5, seed=seed) * 2 + 1
-    return [x, randn(c, seed=1), randn(c, seed=2)], buffers
+        x = r(n, c, 3, 5, seed=seed).contiguous(memory_format=torch.channels_last)
+        return [x, r(c, seed=1), r(c, seed=2)], []
+    buffers = [r(c, seed=3), r(c, seed=4).abs() + 0.5]
+    x = r(n, c, 3, 5, seed=seed) * 2 + 1
+    return [x, r(c, seed=1), r(c, seed=2)], buffers
 
 
 CASES = {"layer_norm": _ln, "rms_norm_prenorm": _rms_prenorm, "group_norm_silu_cl": _gn_silu,
          "instance_norm": _in, "batch_norm_train": _bn_train, "batch_norm_eval": _bn_eval}
 
 
-def _run(fn, name, n, seed):
+def _run(fn, name, n, seed, device="cpu"):
     """(output, grads of the differentiable inputs, buffers after the call)."""
-    leaves, buffers = _inputs(name, n, seed)
+    leaves, buffers = _inputs(name, n, seed, device)
     leaves = [t.requires_grad_() for t in leaves]
     out = fn(*leaves, *buffers)
-    out.backward(randn(*out.shape, seed=99))
+    out.backward(randn(*out.shape, seed=99, device=device))
     return out.detach(), [t.grad for t in leaves], buffers, leaves[0]
 
 
-def _check(compiled, name, n, seed):
-    ref_out, ref_grads, ref_bufs, _ = _run(CASES[name], name, n, seed)
-    out, grads, bufs, x = _run(compiled, name, n, seed)
+def _check(compiled, name, n, seed, device="cpu"):
+    ref_out, ref_grads, ref_bufs, _ = _run(CASES[name], name, n, seed, device)
+    out, grads, bufs, x = _run(compiled, name, n, seed, device)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     for g, rg in zip(grads, ref_grads):
         torch.testing.assert_close(g, rg, atol=1e-5, rtol=1e-5)
@@ -192,6 +193,26 @@ def test_opcheck_every_op(be):
             raise AssertionError(f"opcheck {name} on backend {backend!r}: {e}") from e
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fullgraph_aot_eager_gpu(backend, name, dynamic, monkeypatch):
+    """The aot_eager sweep on CUDA tensors, with the backend chosen through the per-call
+    default (FUSEDNORM_BACKEND), so the traced functions are exactly the CPU sweep's."""
+    if fusednorm.available_backends()[backend] is not True:
+        pytest.skip(f"backend {backend!r}: {fusednorm.available_backends()[backend]}")
+    monkeypatch.setenv("FUSEDNORM_BACKEND", backend)
+    torch._dynamo.reset()
+    compiled = torch.compile(CASES[name], backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    _check(compiled, name, 6, seed=10, device="cuda")
+    if dynamic:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            _check(compiled, name, 7, seed=11, device="cuda")
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_fullgraph_gpu_backends(backend):

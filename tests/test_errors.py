@@ -63,6 +63,7 @@ def test_messages(call, exc, match):
         call()
 
 
+@pytest.mark.gpu  # also on CPU: says why cuda is unavailable
 def test_unavailable_backend_says_why(monkeypatch):
     avail = fusednorm.available_backends()
     assert avail["torch"] is True
@@ -93,6 +94,7 @@ def test_module_wrong_channels():
         m(randn(2, 4, 7))
 
 
+@pytest.mark.gpu  # also on CPU: the CPU part
 def test_auto_backend_selection(monkeypatch):
     from fusednorm import _backend
 

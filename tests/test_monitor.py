@@ -367,6 +367,7 @@ def test_fusednorm_batch_norm_record_equals_input_stats():
     _close(mon.stats("<model>")["var"][0].double(), var)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync check needs CUDA")
 def test_no_host_sync_per_step_cuda():
     fnn = _fused_nn()

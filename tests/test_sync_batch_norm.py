@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as tnn
 
+import fusednorm
 import fusednorm.nn as fnn
 from fusednorm.sync_batch_norm import SyncBatchNorm
 
@@ -33,10 +34,12 @@ TORCH_BN = {2: tnn.BatchNorm1d, 3: tnn.BatchNorm1d, 4: tnn.BatchNorm2d, 5: tnn.B
 
 
 # ------------------------------------------------------------------------------- harness
-def _worker(rank, world, init_file, case, q):
+def _worker(rank, world, init_file, case, q, pg):
     try:
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+        if pg == "nccl":
+            torch.cuda.set_device(0)  # every rank on the one GPU (NCCL may refuse: see below)
+        dist.init_process_group(pg, init_method=f"file://{init_file}", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=30))
         try:
             globals()[case](rank, world)
@@ -47,13 +50,14 @@ def _worker(rank, world, init_file, case, q):
         q.put((rank, traceback.format_exc()))
 
 
-def _spawn(world, case, tmp_path, timeout=60.0):
-    """Run ``case(rank, world)`` on ``world`` gloo ranks; fail on any rank's failure."""
+def _spawn(world, case, tmp_path, timeout=60.0, pg="gloo"):
+    """Run ``case(rank, world)`` on ``world`` ranks of process-group backend ``pg``; fail on
+    any rank's failure (raise _RankFailed with the traceback for the caller to judge)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "fusednorm",
                                 "test_sync_batch_norm"])
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, str(tmp_path / "store"), case, q),
+    procs = [ctx.Process(target=_worker, args=(r, world, str(tmp_path / "store"), case, q, pg),
                          daemon=True) for r in range(world)]
     for p in procs:
         p.start()
@@ -73,7 +77,7 @@ def _spawn(world, case, tmp_path, timeout=60.0):
                 continue
             done.add(rank)
             if tb is not None:
-                pytest.fail(f"{case}: rank {rank} of {world} failed:\n{tb}")
+                raise _RankFailed(f"{case}: rank {rank} of {world} failed:\n{tb}")
     finally:
         for p in procs:
             p.join(timeout=10 if len(done) == world else 0.1)
@@ -86,6 +90,10 @@ def _spawn(world, case, tmp_path, timeout=60.0):
                 p.join(timeout=5)
 
 
+class _RankFailed(Exception):
+    """A rank reported a traceback (the message carries it)."""
+
+
 # ------------------------------------------------------------------------ per-rank checks
 def _randn(*shape, seed, dtype):
     g = torch.Generator().manual_seed(seed)
@@ -93,12 +101,14 @@ def _randn(*shape, seed, dtype):
 
 
 def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels_last,
-                          momentum, affine=True, track=True, source="torch", steps=2):
+                          momentum, affine=True, track=True, source="torch", steps=2,
+                          device="cpu", backend=None):
     """One rank's part of: SyncBatchNorm over shards ``sizes`` == torch BN over their
-    concatenation, for ``steps`` training steps (momentum=None: cumulative average)."""
+    concatenation, for ``steps`` training steps (momentum=None: cumulative average).
+    ``backend``: the fusednorm backend the SyncBatchNorm runs (None: the per-call default)."""
     dims = 2 + len(tail)
     ref = TORCH_BN[dims](C, momentum=momentum, affine=affine, track_running_stats=track)
-    ref = ref.to(dtype)
+    ref = ref.to(device=device, dtype=dtype)
     with torch.no_grad():
         if affine:
             ref.weight.copy_(_randn(C, seed=1, dtype=dtype))
@@ -109,17 +119,20 @@ def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels
     start = copy.deepcopy(ref)
     if source == "fusednorm":
         start = fnn.__dict__[type(ref).__name__](C, momentum=momentum, affine=affine,
-                                                 track_running_stats=track).to(dtype)
+                                                 track_running_stats=track)
+        start = start.to(device=device, dtype=dtype)
         start.load_state_dict(ref.state_dict())
     ours = SyncBatchNorm.convert_sync_batchnorm(start, process_group=group)
     assert type(ours) is SyncBatchNorm
+    ours._fusednorm_backend = backend
     lo, hi = sum(sizes[:my_index]), sum(sizes[:my_index + 1])
     what = (f"rank {rank} dtype={dtype} tail={tail} channels_last={channels_last} "
-            f"momentum={momentum} affine={affine} track={track} source={source}")
+            f"momentum={momentum} affine={affine} track={track} source={source} "
+            f"device={device} backend={backend}")
     tol = TOL[dtype]
     for step in range(steps):
-        x = _randn(sum(sizes), C, *tail, seed=10 + step, dtype=dtype) * 2 + 3
-        g = _randn(sum(sizes), C, *tail, seed=20 + step, dtype=dtype)
+        x = _randn(sum(sizes), C, *tail, seed=10 + step, dtype=dtype).to(device) * 2 + 3
+        g = _randn(sum(sizes), C, *tail, seed=20 + step, dtype=dtype).to(device)
         xr = x.clone().requires_grad_()
         r = ref(xr)
         r.backward(g)
@@ -153,7 +166,7 @@ def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels
     if track:
         ours.eval()
         ref.eval()
-        x = _randn(sum(sizes), C, *tail, seed=30, dtype=dtype)
+        x = _randn(sum(sizes), C, *tail, seed=30, dtype=dtype).to(device)
         torch.testing.assert_close(ours(x[lo:hi]), ref(x)[lo:hi], **tol)
 
 
@@ -194,6 +207,26 @@ def case_all_empty(rank, world):
     assert m.weight.grad.abs().sum().item() == 0
 
 
+def _gpu_backends():
+    avail = fusednorm.available_backends()
+    return [b for b in ("triton", "cuda") if avail[b] is True]
+
+
+def case_cuda(rank, world):
+    """Every rank on the one GPU: the kernels' statistics and sums through the collectives."""
+    sizes, group = SIZES[world], dist.group.WORLD
+    assert _gpu_backends(), fusednorm.available_backends()
+    for backend in _gpu_backends():
+        for (tail, cl), momentum in itertools.product(
+                (((4, 5), False), ((4, 5), True), ((6,), False)), (0.1, None)):
+            _check_against_concat(rank, sizes, group, rank, dtype=torch.float32, tail=tail,
+                                  channels_last=cl, momentum=momentum, device="cuda",
+                                  backend=backend)
+    # float64 is the reference backend's, on the GPU
+    _check_against_concat(rank, sizes, group, rank, dtype=torch.float64, tail=(4, 5),
+                          channels_last=True, momentum=0.1, device="cuda")
+
+
 def case_fail(rank, world):
     if rank == 1:
         raise RuntimeError("deliberate failure on rank 1")
@@ -223,9 +256,40 @@ def test_four_ranks_subgroups_and_all_empty(tmp_path):
 @pytest.mark.timeout(60)
 def test_rank_failure_fails_fast(tmp_path):
     t0 = time.monotonic()
-    with pytest.raises(pytest.fail.Exception, match=r"rank \d of 2 failed"):
+    with pytest.raises(_RankFailed, match=r"rank \d of 2 failed"):
         _spawn(2, "case_fail", tmp_path)
     assert time.monotonic() - t0 < 40
+
+
+# --------------------------------------------------------------------- on a GPU (one card)
+NCCL_ONE_GPU = "Duplicate GPU"  # NCCL's refusal of two ranks on one device
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_on_one_gpu_gloo(tmp_path, world):
+    """CUDA tensors through gloo (which stages them through the host): every rank on the one
+    GPU, so the kernel backends run inside SyncBatchNorm with uneven and empty shards."""
+    _spawn(world, "case_cuda", tmp_path, timeout=150)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not (dist.is_available() and dist.is_nccl_available()),
+                    reason="torch built without NCCL")
+@pytest.mark.timeout(180)
+def test_two_ranks_nccl_one_gpu(tmp_path):
+    """The NCCL path (all_gather_into_tensor) with both ranks on the one GPU.  NCCL refuses
+    two ranks on one device; that refusal, and only it, is a skip that quotes NCCL."""
+    try:
+        _spawn(2, "case_cuda", tmp_path, timeout=75, pg="nccl")
+    except _RankFailed as e:
+        if NCCL_ONE_GPU not in str(e):
+            raise
+        line = next(ln for ln in str(e).splitlines() if NCCL_ONE_GPU in ln)
+        pytest.skip(f"NCCL refuses two ranks on one GPU: {line.strip()[:300]}")
 
 
 # --------------------------------------------------------------- single process (no spawn)
