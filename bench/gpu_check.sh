@@ -92,7 +92,7 @@ if [ -n "${GPU_PYTEST_ARGS+x}" ]; then
 else
   PT_SEL=(-m gpu)
 fi
-timeout "$TEST_T" $PY -m pytest tests -q -p no:cacheprovider -rfE $PT_TIMEOUT "${PT_SEL[@]}" \
+timeout "$TEST_T" $PY -m pytest tests -q -p no:cacheprovider -rfEs $PT_TIMEOUT "${PT_SEL[@]}" \
   > "$TEST_LOG" 2>&1
 TEST_RC=$?
 [ $TEST_RC -eq 124 ] && echo "!!!! pytest stopped by the ${TEST_T}s wall limit" >> "$TEST_LOG"
@@ -100,8 +100,13 @@ TEST_LINE=$(grep -E "(passed|failed|error|no tests ran)" "$TEST_LOG" | tail -1)
 log "tests: rc=$TEST_RC ${TEST_LINE:-(no summary line: see log)}"
 grep -E "^(FAILED|ERROR) " "$TEST_LOG" | head -20
 
-# ---- 3. quick benchmark ---------------------------------------------------------------------
+# ---- 3. quick benchmark (GPU_CHECK_BENCH=0 skips it: a rerun of the tests alone) ------------
 BENCH_LOG=$OUTD/bench.log
+if [ "${GPU_CHECK_BENCH:-1}" = 0 ]; then
+  echo "build: $BUILD | tests: rc=$TEST_RC ${TEST_LINE:-?} | bench: not run (GPU_CHECK_BENCH=0) | $(( $(date +%s) - T0 ))s" \
+    | tee "$OUTD/summary.txt"
+  exit 0
+fi
 BENCH_B=$(max 60 $(( $(left) - 25 )))
 log "bench: quick run (budget ${BENCH_B}s) -> $OUTD"
 timeout $(( BENCH_B + 45 )) $PY bench/run.py --quick --out "$OUTD" --budget-s "$BENCH_B" \

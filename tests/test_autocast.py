@@ -57,11 +57,16 @@ def test_low_precision_input_fp32_weight(be, dtype):
         for who, fn, xt, wt, bt, gt in (
                 ("ours", ours, x, w, b, g), ("torch", theirs, x, w, b, g),
                 ("ref", theirs, x.double(), w.double(), b.double(), g.double())):
-            xl, wl, bl = (t.clone().requires_grad_() for t in (xt, wt, bt))
-            out = fn(xl, wl, bl)
-            out.backward(gt)
-            results[who] = (out.detach(), xl.grad, wl.grad,
-                            bl.grad if bl.grad is not None else torch.zeros_like(bl))
+            try:
+                results[who] = _forward_backward(fn, xt, wt, bt, gt)
+            except RuntimeError as e:
+                # torch's CUDA layer_norm (2.11) refuses fp16/bf16 x with fp32 weight
+                # ("expected scalar type Half but found Float"); its CPU kernels take the mix,
+                # so torch's own error for the same computation comes from the CPU.
+                if who != "torch" or device == "cpu" or "expected scalar type" not in str(e):
+                    raise
+                results[who] = tuple(t.to(device) for t in _forward_backward(
+                    fn, *(t.cpu() for t in (xt, wt, bt, gt))))
         (o, dx, dw, db), (t, tdx, tdw, tdb), (r, rdx, rdw, rdb) = (
             results["ours"], results["torch"], results["ref"])
         what = f"{name} {backend} {dtype}"
@@ -73,6 +78,15 @@ def test_low_precision_input_fp32_weight(be, dtype):
         torch.testing.assert_close(dw, rdw.float(), **_wtol(dtype, tdw, rdw))
         if name != "rms_norm":
             torch.testing.assert_close(db, rdb.float(), **_wtol(dtype, tdb, rdb))
+
+
+def _forward_backward(fn, x, w, b, g):
+    """(out, dx, dw, db) of fn(x, w, b) backpropagating g (db zeros where b is unused)."""
+    xl, wl, bl = (t.clone().requires_grad_() for t in (x, w, b))
+    out = fn(xl, wl, bl)
+    out.backward(g)
+    return (out.detach(), xl.grad, wl.grad,
+            bl.grad if bl.grad is not None else torch.zeros_like(bl))
 
 
 def _wtol(dtype, theirs, ref):

@@ -17,10 +17,13 @@
 namespace fusednorm {
 namespace bn {
 
-// One thread per channel: Chan-merge partials n = 0..N-1, chunk = 0..chunks-1 in that order.
-__global__ void bn_stats_kernel(const Welford* __restrict__ part, int64_t N, int64_t C,
-                                int64_t chunks, float eps, float* __restrict__ mean,
-                                float* __restrict__ var, float* __restrict__ rstd) {
+// One thread per channel: Chan-merge partials n = 0..N-1, chunk = 0..chunks-1 in that order;
+// the partials are of x - K (channel.cuh WelfordOp), K = x[shift(0, c)].
+template <typename T>
+__global__ void bn_stats_kernel(const Welford* __restrict__ part, const T* __restrict__ x,
+                                ShiftAt shift, int64_t N, int64_t C, int64_t chunks, float eps,
+                                float* __restrict__ mean, float* __restrict__ var,
+                                float* __restrict__ rstd) {
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
        c += int64_t(gridDim.x) * blockDim.x) {
     Welford acc{};
@@ -29,7 +32,7 @@ __global__ void bn_stats_kernel(const Welford* __restrict__ part, int64_t N, int
       for (int64_t k = 0; k < chunks; ++k) acc = merge(acc, p[k]);
     }
     const float v = acc.m2 / acc.n;  // biased
-    mean[c] = acc.mean;
+    mean[c] = to_float(x[shift(0, c)]) + acc.mean;
     var[c] = v;
     rstd[c] = rsqrtf(v + eps);
   }

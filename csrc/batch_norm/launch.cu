@@ -42,11 +42,13 @@ void batch_norm_fwd(const BatchNormFwdArgs& a, cudaStream_t stream) {
     if (a.training) {
       const ChannelPlan p = plan_channel_reduce(g.N, a.C, g.S, g.cl);
       Welford* part = static_cast<Welford*>(a.workspace);
-      WelfordOp<T> op{static_cast<const T*>(a.x)};
+      const ShiftAt shift{a.C, g.S, 1, g.cl, /*per_sample=*/false};
+      WelfordOp<T> op{static_cast<const T*>(a.x), shift};
       launch_channel_reduce<T>(op, p, a.C, g.S, aligned16(a.x), part, stream,
                                "channel_reduce (batch_norm_fwd statistics)");
-      bn::bn_stats_kernel<<<small_grid(a.C), kSmallThreads, 0, stream>>>(
-          part, g.N, a.C, p.chunks, a.eps, a.mean, a.var, a.rstd);
+      bn::bn_stats_kernel<T><<<small_grid(a.C), kSmallThreads, 0, stream>>>(
+          part, static_cast<const T*>(a.x), shift, g.N, a.C, p.chunks, a.eps, a.mean, a.var,
+          a.rstd);
       FN_LAUNCH_CHECK("bn_stats_kernel");
     }
     bn::FwdMap<T, W> f{static_cast<const T*>(a.x), static_cast<T*>(a.out),

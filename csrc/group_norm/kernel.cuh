@@ -56,10 +56,12 @@ struct BwdOp {
   }
 };
 
-// One thread per (n, g): Chan-merge partials c in group, chunk 0..chunks-1, in that order.
-__global__ void gn_stats_kernel(const Welford* __restrict__ part, int64_t N, int64_t C, int64_t G,
-                                int64_t chunks, float eps, float* __restrict__ mean,
-                                float* __restrict__ rstd) {
+// One thread per (n, g): Chan-merge partials c in group, chunk 0..chunks-1, in that order;
+// the partials are of x - K (channel.cuh WelfordOp), K = x[shift(n, g * Cg)].
+template <typename T>
+__global__ void gn_stats_kernel(const Welford* __restrict__ part, const T* __restrict__ x,
+                                ShiftAt shift, int64_t N, int64_t C, int64_t G, int64_t chunks,
+                                float eps, float* __restrict__ mean, float* __restrict__ rstd) {
   const int64_t Cg = C / G;
   for (int64_t ng = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; ng < N * G;
        ng += int64_t(gridDim.x) * blockDim.x) {
@@ -67,7 +69,7 @@ __global__ void gn_stats_kernel(const Welford* __restrict__ part, int64_t N, int
     const Welford* p = part + (n * C + g * Cg) * chunks;  // Cg * chunks consecutive partials
     Welford acc{};
     for (int64_t k = 0; k < Cg * chunks; ++k) acc = merge(acc, p[k]);
-    mean[ng] = acc.mean;
+    mean[ng] = to_float(x[shift(n, g * Cg)]) + acc.mean;
     rstd[ng] = rsqrtf(acc.m2 / acc.n + eps);
   }
 }

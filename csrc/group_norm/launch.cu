@@ -34,11 +34,13 @@ void group_norm_fwd(const GroupNormFwdArgs& a, cudaStream_t stream) {
   Welford* part = static_cast<Welford*>(a.workspace);
   const int64_t Cg = a.C / a.G;
   FN_DISPATCH_XW(a.x_dtype, a.w_dtype, "group_norm_fwd", T, W, {
-    WelfordOp<T> op{static_cast<const T*>(a.x)};
+    const ShiftAt shift{a.C, a.S, Cg, a.channels_last, /*per_sample=*/true};
+    WelfordOp<T> op{static_cast<const T*>(a.x), shift};
     launch_channel_reduce<T>(op, p, a.C, a.S, aligned16(a.x), part, stream,
                              "channel_reduce (group_norm_fwd statistics)");
-    gn::gn_stats_kernel<<<small_grid(a.N * a.G), kSmallThreads, 0, stream>>>(
-        part, a.N, a.C, a.G, p.chunks, a.eps, a.mean, a.rstd);
+    gn::gn_stats_kernel<T><<<small_grid(a.N * a.G), kSmallThreads, 0, stream>>>(
+        part, static_cast<const T*>(a.x), shift, a.N, a.C, a.G, p.chunks, a.eps, a.mean,
+        a.rstd);
     FN_LAUNCH_CHECK("gn_stats_kernel");
     gn::FwdMap<T, W> f{static_cast<const T*>(a.x), static_cast<T*>(a.out),
                        static_cast<const W*>(a.weight), static_cast<const W*>(a.bias),

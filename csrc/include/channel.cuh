@@ -176,19 +176,39 @@ void launch_channel_map(const F& f, int64_t numel, int64_t C, int64_t S, bool ch
   FN_LAUNCH_CHECK(name);
 }
 
-// Op for channel_reduce_*: Welford statistics of x.
+// Where the shift element of partial (n, c) lives: the first element (s = 0) of the first
+// channel of c's group (Cg channels per group; 1 for BatchNorm) in sample n, or in sample 0
+// when the partials of every sample are merged together (BatchNorm: per_sample = false).
+struct ShiftAt {
+  int64_t C, S, Cg;
+  bool cl, per_sample;
+  __device__ __host__ int64_t operator()(int64_t n, int64_t c) const {
+    const int64_t nn = per_sample ? n : 0;
+    const int64_t c0 = c - c % Cg;
+    return cl ? nn * S * C + c0 : (nn * C + c0) * S;
+  }
+};
+
+// Op for channel_reduce_*: Welford statistics of x - K, K = x[shift(n, c)], one element shared
+// by every partial that is merged together.  Merged at the data's magnitude, each fp32 Chan
+// step rounds the running mean to the ulp of |mean|: with mean 1e4 and std 1 (ulp ~1e-3) the
+// mean drifted 1.4 ulp over 16 merges (an H200 run) where torch is within half an ulp.
+// Shifted, the partial means are O(std) and mean = K + shifted mean rounds once.
 template <typename T>
 struct WelfordOp {
   using Acc = Welford;
-  struct Ctx {};
+  struct Ctx {
+    float k;
+  };
   const T* x;
-  __device__ Ctx context(int64_t, int64_t) const { return {}; }
+  ShiftAt shift;
+  __device__ Ctx context(int64_t n, int64_t c) const { return Ctx{to_float(x[shift(n, c)])}; }
   template <int VEC>
-  __device__ void accumulate(Acc& acc, const Ctx&, int64_t off) const {
+  __device__ void accumulate(Acc& acc, const Ctx& ctx, int64_t off) const {
     float v[VEC];
     load_f32<VEC>(x + off, v);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) welford_update(acc, v[i]);
+    for (int i = 0; i < VEC; ++i) welford_update(acc, v[i] - ctx.k);
   }
 };
 

@@ -6,7 +6,7 @@ Backward (training): dx = rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat)) pe
 """
 import torch
 
-from ._common import acc_dtype, channel as _channel, like
+from ._common import acc_dtype, channel as _channel, like, mean_var
 
 
 def _reduce_dims(x):
@@ -18,8 +18,7 @@ def batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):
     xa = x.to(acc)
     dims = _reduce_dims(x)
     if training:
-        mean = xa.mean(dim=dims)
-        var = (xa - _channel(mean, x)).square().mean(dim=dims)
+        mean, var = (t.reshape(-1) for t in mean_var(xa, dims))
     else:
         mean = running_mean.to(acc, copy=True)  # outputs of an op must not alias its inputs
         var = running_var.to(acc, copy=True)

@@ -9,7 +9,7 @@ Backward  g = dy * w
 """
 import torch
 
-from ._common import acc_dtype
+from ._common import acc_dtype, mean_var
 
 
 def layer_norm_fwd(x, residual, weight, bias, eps, rms):
@@ -24,8 +24,7 @@ def layer_norm_fwd(x, residual, weight, bias, eps, rms):
         rstd = torch.rsqrt(xa.square().mean(dim=1) + eps)
         xhat = xa * rstd[:, None]
     else:
-        mean = xa.mean(dim=1)
-        var = (xa - mean[:, None]).square().mean(dim=1)
+        mean, var = (t.squeeze(1) for t in mean_var(xa, 1))
         rstd = torch.rsqrt(var + eps)
         xhat = (xa - mean[:, None]) * rstd[:, None]
     y = xhat
