@@ -483,6 +483,11 @@ class Progress:
 
 
 def git_commit() -> str:
+    """FUSEDNORM_COMMIT when the caller sets it (the GPU machine's copy of the tree has the last
+    landed commit as git HEAD plus the working changes: git alone says "<landed>-dirty"),
+    else git's HEAD (+ "-dirty")."""
+    if os.environ.get("FUSEDNORM_COMMIT"):
+        return os.environ["FUSEDNORM_COMMIT"]
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=10)
@@ -492,7 +497,7 @@ def git_commit() -> str:
             return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("FUSEDNORM_COMMIT", "unknown")
+    return "unknown"
 
 
 def collect_meta(device: str) -> dict:
