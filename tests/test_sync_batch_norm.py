@@ -26,6 +26,7 @@ import torch.nn as tnn
 import fusednorm
 import fusednorm.nn as fnn
 from fusednorm.sync_batch_norm import SyncBatchNorm
+from _util import assert_accurate
 
 SIZES = {2: [5, 3], 4: [5, 0, 3, 8]}
 C = 3
@@ -170,6 +171,45 @@ def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels
         torch.testing.assert_close(ours(x[lo:hi]), ref(x)[lo:hi], **tol)
 
 
+def _check_mixed(rank, sizes, group, my_index, *, dtype, backend, device="cpu"):
+    """AMP's case: fp16/bf16 activations, fp32 parameters and running statistics.  Output and
+    dx keep the activation dtype, parameter grads and running stats stay fp32, and each is as
+    accurate against float64 as torch's BatchNorm over the concatenated batch."""
+    ref = tnn.BatchNorm2d(C).to(device)
+    with torch.no_grad():
+        ref.weight.copy_(_randn(C, seed=1, dtype=torch.float32))
+        ref.bias.copy_(_randn(C, seed=2, dtype=torch.float32))
+    ref64 = copy.deepcopy(ref).double()
+    ours = SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(ref), process_group=group)
+    ours._fusednorm_backend = backend
+    lo, hi = sum(sizes[:my_index]), sum(sizes[:my_index + 1])
+    what = f"rank {rank} mixed {dtype} backend={backend} device={device}"
+    x = (_randn(sum(sizes), C, 4, 5, seed=40, dtype=dtype) * 2 + 3).to(device)
+    g = _randn(sum(sizes), C, 4, 5, seed=41, dtype=dtype).to(device)
+    xr, x64 = x.clone().requires_grad_(), x.double().requires_grad_()
+    r = ref(xr)
+    r.backward(g)
+    r64 = ref64(x64)
+    r64.backward(g.double())
+    xs = x[lo:hi].detach().requires_grad_()
+    o = ours(xs)
+    (o * g[lo:hi]).sum().backward()
+    assert o.dtype == xs.grad.dtype == dtype, what
+    assert ours.weight.grad.dtype == ours.running_var.dtype == torch.float32, what
+    if hi > lo:
+        assert_accurate(o, r64[lo:hi], r[lo:hi], dtype, what + " out")
+        assert_accurate(xs.grad, x64.grad[lo:hi], xr.grad[lo:hi], dtype, what + " dx")
+    for name in ("weight", "bias"):
+        grad = getattr(ours, name).grad.clone()
+        dist.all_reduce(grad, group=group)
+        theirs = (getattr(ref, name).grad.double() - getattr(ref64, name).grad).abs().max()
+        err = (grad.double() - getattr(ref64, name).grad).abs().max()
+        assert err <= 2 * theirs + 1e-5, f"{what} d{name}: {err:.3g} vs torch's {theirs:.3g}"
+    for name in ("running_mean", "running_var"):  # fp32 statistics of low-precision data
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name), atol=1e-6,
+                                   rtol=1e-6, msg=lambda m: f"{what} {name}: {m}")
+
+
 def case_world(rank, world):
     sizes, group = SIZES[world], dist.group.WORLD
     for dtype, (tail, cl), momentum in itertools.product(
@@ -183,6 +223,8 @@ def case_world(rank, world):
                           channels_last=False, momentum=0.1, affine=False)
     _check_against_concat(rank, sizes, group, rank, dtype=torch.float32, tail=(4, 5),
                           channels_last=True, momentum=0.1, affine=True, track=False)
+    for dtype, backend in itertools.product((torch.bfloat16, torch.float16), ("torch", "triton")):
+        _check_mixed(rank, sizes, group, rank, dtype=dtype, backend=backend)
 
 
 def case_subgroups(rank, world):
@@ -222,6 +264,8 @@ def case_cuda(rank, world):
             _check_against_concat(rank, sizes, group, rank, dtype=torch.float32, tail=tail,
                                   channels_last=cl, momentum=momentum, device="cuda",
                                   backend=backend)
+    for dtype, backend in itertools.product((torch.bfloat16, torch.float16), _gpu_backends()):
+        _check_mixed(rank, sizes, group, rank, dtype=dtype, backend=backend, device="cuda")
     # float64 is the reference backend's, on the GPU
     _check_against_concat(rank, sizes, group, rank, dtype=torch.float64, tail=(4, 5),
                           channels_last=True, momentum=0.1, device="cuda")
