@@ -22,14 +22,16 @@ BF16_ULP = 2.0 ** -7
 
 def backend_params():
     """(backend, device) pairs: the reference on CPU (and GPU), Triton on the GPU or through
-    the interpreter, CUDA on the GPU only (skipped with the reason where it cannot run)."""
+    the interpreter, CUDA on the GPU only (skipped with the reason where it cannot run).
+    The pairs on "cuda" carry the ``gpu`` mark (bench/gpu_check.sh runs ``-m gpu``)."""
+    gpu = pytest.mark.gpu
     params = [pytest.param(("torch", "cpu"), id="torch-cpu")]
     if HAS_CUDA:
-        params.append(pytest.param(("torch", "cuda"), id="torch-cuda"))
-        params.append(pytest.param(("triton", "cuda"), id="triton-cuda"))
+        params.append(pytest.param(("torch", "cuda"), id="torch-cuda", marks=gpu))
+        params.append(pytest.param(("triton", "cuda"), id="triton-cuda", marks=gpu))
     else:
         params.append(pytest.param(("triton", "cpu"), id="triton-interp"))
-    params.append(pytest.param(("cuda", "cuda"), id="cuda-cuda"))
+    params.append(pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=gpu))
     return params
 
 

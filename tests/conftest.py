@@ -24,19 +24,14 @@ def device():
 # ------------------------------------------------------------------- the GPU selection
 # bench/gpu_check.sh runs `pytest -m gpu`: every case that exercises the GPU and nothing that
 # CI already runs on CPU (device time is scarce).  A case is a GPU case when it is marked
-# @pytest.mark.gpu, when its backend parameter runs on CUDA (ids triton-cuda, torch-cuda,
-# cuda-cuda), or, on a machine with a GPU, when it uses the `device` fixture above.
-_CUDA_PARAM_IDS = ("triton-cuda", "torch-cuda", "cuda-cuda")
-
-
+# @pytest.mark.gpu (the CUDA pairs of _util.backend_params carry the mark), or, on a machine
+# with a GPU, when it uses the `device` fixture above.
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: exercises a CUDA device (bench/gpu_check.sh: -m gpu)")
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        ids = callspec.id if callspec is not None else ""
-        if (any(i in ids for i in _CUDA_PARAM_IDS)
-                or (HAS_CUDA and "device" in getattr(item, "fixturenames", ()))):
-            item.add_marker(pytest.mark.gpu)
+    if HAS_CUDA:
+        for item in items:
+            if "device" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.gpu)

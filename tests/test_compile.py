@@ -95,16 +95,32 @@ def test_eps_check_traces_dynamic():
         torch._dynamo.reset()
 
 
+# Where the sweep runs: CPU tensors with the per-call default backend, and on a GPU, CUDA
+# tensors with each kernel backend chosen through FUSEDNORM_BACKEND (so the traced functions
+# are the same CASES).
+_needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+SWEEP = [pytest.param(None, id="cpu")] + [
+    pytest.param(b, id=f"{b}-cuda", marks=[pytest.mark.gpu, _needs_cuda])
+    for b in ("triton", "cuda")]
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_fullgraph_aot_eager(name, dynamic):
+@pytest.mark.parametrize("backend", SWEEP)
+def test_fullgraph_aot_eager(backend, name, dynamic, monkeypatch):
+    device = "cpu"
+    if backend is not None:
+        if fusednorm.available_backends()[backend] is not True:
+            pytest.skip(f"backend {backend!r}: {fusednorm.available_backends()[backend]}")
+        monkeypatch.setenv("FUSEDNORM_BACKEND", backend)
+        device = "cuda"
     torch._dynamo.reset()
     compiled = torch.compile(CASES[name], backend="aot_eager", fullgraph=True, dynamic=dynamic)
-    _check(compiled, name, 6, seed=10)
+    _check(compiled, name, 6, seed=10, device=device)
     if dynamic:
         # a second batch size must reuse the dynamic graph: a recompile is an error here
         with torch._dynamo.config.patch(error_on_recompile=True):
-            _check(compiled, name, 7, seed=11)
+            _check(compiled, name, 7, seed=11, device=device)
 
 
 def test_explain_reports_no_graph_break():
@@ -194,26 +210,7 @@ def test_opcheck_every_op(be):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_fullgraph_aot_eager_gpu(backend, name, dynamic, monkeypatch):
-    """The aot_eager sweep on CUDA tensors, with the backend chosen through the per-call
-    default (FUSEDNORM_BACKEND), so the traced functions are exactly the CPU sweep's."""
-    if fusednorm.available_backends()[backend] is not True:
-        pytest.skip(f"backend {backend!r}: {fusednorm.available_backends()[backend]}")
-    monkeypatch.setenv("FUSEDNORM_BACKEND", backend)
-    torch._dynamo.reset()
-    compiled = torch.compile(CASES[name], backend="aot_eager", fullgraph=True, dynamic=dynamic)
-    _check(compiled, name, 6, seed=10, device="cuda")
-    if dynamic:
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            _check(compiled, name, 7, seed=11, device="cuda")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@_needs_cuda
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_fullgraph_gpu_backends(backend):
     """On a GPU: the same compiled function over the triton and cuda backends."""

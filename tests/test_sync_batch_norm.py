@@ -101,6 +101,26 @@ def _randn(*shape, seed, dtype):
     return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
 
+def _sync_bn(start, group, backend):
+    """``start`` (a torch or fusednorm BatchNorm) converted, running fusednorm ``backend``."""
+    ours = SyncBatchNorm.convert_sync_batchnorm(start, process_group=group)
+    assert type(ours) is SyncBatchNorm
+    ours._fusednorm_backend = backend
+    return ours
+
+
+def _shard(sizes, index):
+    """The rows [lo, hi) of the concatenated batch that shard ``index`` holds."""
+    return sum(sizes[:index]), sum(sizes[:index + 1])
+
+
+def _rank_summed_grad(param, group):
+    """What DDP does with a parameter gradient: the sum over the group's ranks."""
+    grad = param.grad.clone()
+    dist.all_reduce(grad, group=group)
+    return grad
+
+
 def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels_last,
                           momentum, affine=True, track=True, source="torch", steps=2,
                           device="cpu", backend=None):
@@ -123,10 +143,8 @@ def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels
                                                  track_running_stats=track)
         start = start.to(device=device, dtype=dtype)
         start.load_state_dict(ref.state_dict())
-    ours = SyncBatchNorm.convert_sync_batchnorm(start, process_group=group)
-    assert type(ours) is SyncBatchNorm
-    ours._fusednorm_backend = backend
-    lo, hi = sum(sizes[:my_index]), sum(sizes[:my_index + 1])
+    ours = _sync_bn(start, group, backend)
+    lo, hi = _shard(sizes, my_index)
     what = (f"rank {rank} dtype={dtype} tail={tail} channels_last={channels_last} "
             f"momentum={momentum} affine={affine} track={track} source={source} "
             f"device={device} backend={backend}")
@@ -152,8 +170,7 @@ def _check_against_concat(rank, sizes, group, my_index, *, dtype, tail, channels
                                    msg=lambda m: f"{what} dx: {m}")
         if affine:
             for name in ("weight", "bias"):
-                grad = getattr(ours, name).grad.clone()
-                dist.all_reduce(grad, group=group)  # what DDP does with parameter gradients
+                grad = _rank_summed_grad(getattr(ours, name), group)
                 torch.testing.assert_close(grad, getattr(ref, name).grad, **tol,
                                            msg=lambda m: f"{what} d{name}: {m}")
             ours.zero_grad()
@@ -180,9 +197,8 @@ def _check_mixed(rank, sizes, group, my_index, *, dtype, backend, device="cpu"):
         ref.weight.copy_(_randn(C, seed=1, dtype=torch.float32))
         ref.bias.copy_(_randn(C, seed=2, dtype=torch.float32))
     ref64 = copy.deepcopy(ref).double()
-    ours = SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(ref), process_group=group)
-    ours._fusednorm_backend = backend
-    lo, hi = sum(sizes[:my_index]), sum(sizes[:my_index + 1])
+    ours = _sync_bn(copy.deepcopy(ref), group, backend)
+    lo, hi = _shard(sizes, my_index)
     what = f"rank {rank} mixed {dtype} backend={backend} device={device}"
     x = (_randn(sum(sizes), C, 4, 5, seed=40, dtype=dtype) * 2 + 3).to(device)
     g = _randn(sum(sizes), C, 4, 5, seed=41, dtype=dtype).to(device)
@@ -200,8 +216,7 @@ def _check_mixed(rank, sizes, group, my_index, *, dtype, backend, device="cpu"):
         assert_accurate(o, r64[lo:hi], r[lo:hi], dtype, what + " out")
         assert_accurate(xs.grad, x64.grad[lo:hi], xr.grad[lo:hi], dtype, what + " dx")
     for name in ("weight", "bias"):
-        grad = getattr(ours, name).grad.clone()
-        dist.all_reduce(grad, group=group)
+        grad = _rank_summed_grad(getattr(ours, name), group)
         theirs = (getattr(ref, name).grad.double() - getattr(ref64, name).grad).abs().max()
         err = (grad.double() - getattr(ref64, name).grad).abs().max()
         assert err <= 2 * theirs + 1e-5, f"{what} d{name}: {err:.3g} vs torch's {theirs:.3g}"
