@@ -8,9 +8,13 @@ Training statistics: each program reduces one chunk of M for a block of channels
 kernel combines the chunks with Chan's formula.  Backward: per-chunk fp32 sums of dy and
 dy*xhat, summed over chunks in a fixed order, then the elementwise dx pass.  No atomics.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
+
+from fusednorm.kernels._util import cdiv as _cdiv, f32_empty
 
 from fusednorm.kernels._reduce import chan_combine
 from fusednorm.kernels.batch_norm_config import (
@@ -32,12 +36,19 @@ def _bn_offsets(m, ch, C, S, CHANNELS_LAST: tl.constexpr):
 def _bn_stats_kernel(
     X,
     Part,          # (2, split, C) fp32: mean of x - K and M2 per (chunk, channel)
+    NBT,           # () int64 num_batches_tracked, += 1 by program (0, 0) (HAS_NBT)
     C, S, M, chunk,
     CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_NBT: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     k = tl.program_id(1)
     split = tl.num_programs(1)
+    if HAS_NBT:
+        # incremented here, read by the merge kernel (the next launch on the stream), which
+        # takes momentum=None's factor 1 / num_batches_tracked from the new value, as torch
+        if (pid_c == 0) & (k == 0):
+            tl.store(NBT, tl.load(NBT) + 1)
     ch = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = ch < C
     zero = tl.zeros((1,), dtype=tl.int64)
@@ -70,8 +81,11 @@ def _bn_merge_kernel(
     Mean, Rstd, Var,   # (C,) fp32 outputs
     Ctr,               # (2, C) fp32: pivot K and mean(x - K), for an apply pass without
                        # rounding the mean to fp32 first
-    C, S, M, chunk, split, eps,
+    RM, RV,            # (C,) running mean / var, any float dtype, updated in place
+    NBT,               # () int64 num_batches_tracked (CUMULATIVE: factor 1 / NBT)
+    C, S, M, chunk, split, eps, momentum,
     CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, CUMULATIVE: tl.constexpr,
 ):
     ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = ch < C
@@ -105,24 +119,61 @@ def _bn_merge_kernel(
     tl.store(Rstd + ch, tl.rsqrt(var + eps), mask=c_mask)
     tl.store(Ctr + ch, shift, mask=c_mask)
     tl.store(Ctr + C + ch, mean, mask=c_mask)
+    # running <- (1 - f) * running + f * batch, fp32, rounded once to the buffer's dtype
+    if CUMULATIVE:
+        f = 1.0 / tl.load(NBT).to(tl.float32)
+    else:
+        f = momentum
+    if HAS_RM:
+        old = tl.load(RM + ch, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(RM + ch, (old * (1.0 - f) + (shift + mean) * f).to(RM.dtype.element_ty),
+                 mask=c_mask)
+    if HAS_RV:
+        old = tl.load(RV + ch, mask=c_mask, other=0.0).to(tl.float32)
+        unbiased = m2 / (n_acc - 1.0)
+        tl.store(RV + ch, (old * (1.0 - f) + unbiased * f).to(RV.dtype.element_ty),
+                 mask=c_mask)
+
+
+@triton.jit
+def _bn_param(P, ch, c_mask, fill, HAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A (C,) parameter in its own dtype as fp32; ``fill`` where it is absent."""
+    if HAS:
+        return tl.load(P + ch, mask=c_mask, other=0.0).to(tl.float32)
+    else:
+        return tl.full((BLOCK_C,), fill, tl.float32)
 
 
 @triton.jit
 def _bn_apply_kernel(
     X, Y,
-    W, B,          # (C,) fp32 (ones / zeros when absent)
-    Ctr, Rstd,     # (2, C) pivot and mean(x - pivot); (C,) rstd
-    C, S, M, chunk,
+    W, B,          # (C,) affine in any float dtype (HAS_W / HAS_B)
+    Ctr, Rstd,     # training: (2, C) pivot and mean(x - pivot); (C,) rstd
+    RM, RV,        # eval: (C,) running statistics in any float dtype
+    Mean,          # eval: (C,) fp32 copy of RM written by the k == 0 programs (and Rstd)
+    C, S, M, chunk, eps,
     CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, EVAL: tl.constexpr,
 ):
-    """y = ((x - K) - mean(x - K)) * rstd*w + b: centred before scaling, exact for offset data."""
+    """y = ((x - K) - mean(x - K)) * rstd*w + b: centred before scaling, exact for offset
+    data.  In eval K is the running mean, mean(x - K) is 0 and rstd comes from the running
+    variance, computed here (the statistics the backward needs are stored by k == 0)."""
     ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     k = tl.program_id(1)
     c_mask = ch < C
-    shift = tl.load(Ctr + ch, mask=c_mask, other=0.0)
-    mean = tl.load(Ctr + C + ch, mask=c_mask, other=0.0)
-    scale = tl.load(Rstd + ch, mask=c_mask, other=0.0) * tl.load(W + ch, mask=c_mask, other=0.0)
-    b = tl.load(B + ch, mask=c_mask, other=0.0)
+    if EVAL:
+        shift = tl.load(RM + ch, mask=c_mask, other=0.0).to(tl.float32)
+        mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        rstd = tl.rsqrt(tl.load(RV + ch, mask=c_mask, other=1.0).to(tl.float32) + eps)
+        if k == 0:
+            tl.store(Mean + ch, shift, mask=c_mask)
+            tl.store(Rstd + ch, rstd, mask=c_mask)
+    else:
+        shift = tl.load(Ctr + ch, mask=c_mask, other=0.0)
+        mean = tl.load(Ctr + C + ch, mask=c_mask, other=0.0)
+        rstd = tl.load(Rstd + ch, mask=c_mask, other=0.0)
+    scale = rstd * _bn_param(W, ch, c_mask, 1.0, HAS_W, BLOCK_C)
+    b = _bn_param(B, ch, c_mask, 0.0, HAS_B, BLOCK_C)
     m_lo = k.to(tl.int64) * chunk
     m_hi = tl.minimum(m_lo + chunk, M)
     for m0 in range(m_lo, m_hi, BLOCK_M):
@@ -167,19 +218,36 @@ def _bn_bwd_sums_kernel(
 @triton.jit
 def _bn_bwd_dx_kernel(
     X, DY, DX, W, Mean, Rstd,
-    Sums,          # (2, C) fp32: sum(dy), sum(dy * xhat) over the whole batch
-    C, S, M, chunk, inv_m,
+    Part,          # (2, split, C) fp32 per-chunk sum(dy), sum(dy * xhat) (_bn_bwd_sums_kernel)
+    DW, DB,        # (C,) dweight (HAS_W) and dbias, in the parameters' dtype
+    C, S, M, chunk, split, inv_m,
     CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr, HAS_W: tl.constexpr,
 ):
-    """dx = rstd*w*(dy - mean(dy) - xhat*mean(dy*xhat)); eval passes inv_m = 0: dx = rstd*w*dy."""
+    """dx = rstd*w*(dy - mean(dy) - xhat*mean(dy*xhat)); eval passes inv_m = 0: dx = rstd*w*dy.
+    Every program sums the chunk partials of its channels in the same fixed order (so all
+    agree bitwise); the k == 0 programs store dweight = sum(dy*xhat), dbias = sum(dy)."""
     ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     k = tl.program_id(1)
     c_mask = ch < C
+    sum_dy = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    sum_dyx = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for k0 in range(0, split, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        offs = kk[:, None].to(tl.int64) * C + ch[None, :]
+        mask = (kk < split)[:, None] & c_mask[None, :]
+        sum_dy += tl.sum(tl.load(Part + offs, mask=mask, other=0.0), axis=0)
+        sum_dyx += tl.sum(tl.load(Part + tl.cast(split, tl.int64) * C + offs, mask=mask,
+                                  other=0.0), axis=0)
+    if k == 0:
+        if HAS_W:
+            tl.store(DW + ch, sum_dyx.to(DW.dtype.element_ty), mask=c_mask)
+        tl.store(DB + ch, sum_dy.to(DB.dtype.element_ty), mask=c_mask)
     mean = tl.load(Mean + ch, mask=c_mask, other=0.0)
     rstd = tl.load(Rstd + ch, mask=c_mask, other=0.0)
-    scale = rstd * tl.load(W + ch, mask=c_mask, other=0.0)
-    c1 = tl.load(Sums + ch, mask=c_mask, other=0.0) * inv_m
-    c2 = tl.load(Sums + C + ch, mask=c_mask, other=0.0) * inv_m
+    scale = rstd * _bn_param(W, ch, c_mask, 1.0, HAS_W, BLOCK_C)
+    c1 = sum_dy * inv_m
+    c2 = sum_dyx * inv_m
     m_lo = k.to(tl.int64) * chunk
     m_hi = tl.minimum(m_lo + chunk, M)
     for m0 in range(m_lo, m_hi, BLOCK_M):
@@ -195,15 +263,30 @@ def _bn_bwd_dx_kernel(
 
 # --------------------------------------------------------------------------- launchers
 def _plan(x, config):
-    N, C = x.shape[0], x.shape[1]
-    S = 1
-    for d in x.shape[2:]:
-        S *= d
+    """(C, S, M, channels_last, config, chunk, split) for x; cached per shape and layout
+    (the heuristic is pure, and this runs on every call)."""
     # (N, C) is its own channels-last; a tensor both contiguous and channels_last (size-1
     # dims) is read as NCHW
     cl = x.dim() == 2 or not x.is_contiguous()
+    if config is None:
+        return _plan_for(tuple(x.shape), cl)
+    return _plan_with(tuple(x.shape), cl, config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_for(shape, cl):
+    S = 1
+    for d in shape[2:]:
+        S *= d
+    return _plan_with(shape, cl, batch_norm_config(shape[0] * S, shape[1], cl))
+
+
+def _plan_with(shape, cl, cfg):
+    N, C = shape[0], shape[1]
+    S = 1
+    for d in shape[2:]:
+        S *= d
     M = N * S
-    cfg = config if config is not None else batch_norm_config(M, C, cl)
     if (cfg.block_m, cfg.block_c) not in tiles(cl):
         raise ValueError(f"batch_norm: config tile ({cfg.block_m}, {cfg.block_c}) is not one "
                          f"of {tiles(cl)} for channels_last={cl}")
@@ -219,72 +302,81 @@ def _like_layout(t, x, channels_last):
     return t.contiguous(memory_format=fmt)
 
 
-def _fp32(t, C, fill, device):
-    """(C,) fp32 parameter: a tiny copy keeps one compiled variant per x dtype."""
-    if t is None:
-        return torch.full((C,), fill, device=device, dtype=torch.float32)
-    return t.to(torch.float32).contiguous()
+def _params(weight, bias, x):
+    """Kernel arguments for the affine parameters: absent ones are a never-read dummy."""
+    return (weight if weight is not None else x, bias if bias is not None else x,
+            dict(HAS_W=weight is not None, HAS_B=bias is not None))
 
 
-def batch_norm_fwd(x, weight, bias, running_mean, running_var, training: bool, eps: float, *,
-                   config: BatchNormConfig = None):
-    """Backend contract (see fusednorm.backends).  ``config`` overrides the launch heuristic."""
+def batch_norm_fwd(x, weight, bias, running_mean, running_var, training: bool, eps: float,
+                   momentum=0.1, num_batches_tracked=None, *, config: BatchNormConfig = None):
+    """Backend contract (see fusednorm.backends).  ``config`` overrides the launch heuristic.
+
+    Training: three launches -- chunk statistics (+ num_batches_tracked += 1), the merge
+    (+ the running statistics' update), the normalizing pass.  Eval: one launch."""
     C, S, M, cl, cfg, chunk, split = _plan(x, config)
     dev = x.device
     out = torch.empty_like(x)  # preserve_format: x's strides
-    w = _fp32(weight, C, 1.0, dev)
-    b = _fp32(bias, C, 0.0, dev)
+    w, b, flags = _params(weight, bias, x)
     meta = dict(CHANNELS_LAST=cl, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
                 num_warps=cfg.num_warps)
-    grid = (triton.cdiv(C, cfg.block_c), split)
+    grid = (_cdiv(C, cfg.block_c), split)
+    mean = f32_empty(x, C)
+    rstd = f32_empty(x, C)
     if training:
         if M < 1:
             raise ValueError(f"batch_norm: training needs N*spatial >= 1, got x.shape="
                              f"{tuple(x.shape)}")
-        mean = torch.empty(C, device=dev, dtype=torch.float32)
-        rstd = torch.empty(C, device=dev, dtype=torch.float32)
-        var = torch.empty(C, device=dev, dtype=torch.float32)
-        ctr = torch.empty(2 * C, device=dev, dtype=torch.float32)
-        part = torch.empty(2 * split * C, device=dev, dtype=torch.float32)
-        _bn_stats_kernel[grid](x, part, C, S, M, chunk, **meta)
-        _bn_merge_kernel[(triton.cdiv(C, MERGE_BLOCK_C),)](
-            x, part, mean, rstd, var, ctr, C, S, M, chunk, split, eps, CHANNELS_LAST=cl,
-            BLOCK_K=MERGE_BLOCK_K, BLOCK_C=MERGE_BLOCK_C, num_warps=cfg.num_warps)
-    else:
-        mean = running_mean.to(torch.float32, copy=True)
-        var = running_var.to(torch.float32, copy=True)
-        rstd = torch.rsqrt(var + eps)
-        ctr = torch.cat([mean, torch.zeros_like(mean)])  # pivot = running mean, offset 0
-    if M > 0:
-        _bn_apply_kernel[grid](x, out, w, b, ctr, rstd, C, S, M, chunk, **meta)
-    return out, mean, rstd, var
+        var = f32_empty(x, C)
+        ctr = f32_empty(x, 2 * C)
+        part = f32_empty(x, 2 * split * C)
+        cumulative = momentum is None
+        nbt = num_batches_tracked
+        _bn_stats_kernel[grid](x, part, nbt if nbt is not None else part, C, S, M, chunk,
+                               HAS_NBT=nbt is not None, **meta)
+        _bn_merge_kernel[(_cdiv(C, MERGE_BLOCK_C),)](
+            x, part, mean, rstd, var, ctr,
+            running_mean if running_mean is not None else mean,
+            running_var if running_var is not None else mean,
+            nbt if cumulative else mean, C, S, M, chunk, split, eps,
+            0.0 if cumulative else float(momentum), CHANNELS_LAST=cl,
+            BLOCK_K=MERGE_BLOCK_K, BLOCK_C=MERGE_BLOCK_C, HAS_RM=running_mean is not None,
+            HAS_RV=running_var is not None, CUMULATIVE=cumulative, num_warps=cfg.num_warps)
+        _bn_apply_kernel[grid](x, out, w, b, ctr, rstd, x, x, mean, C, S, M, chunk, eps,
+                               EVAL=False, **flags, **meta)
+        return out, mean, rstd, var
+    _bn_apply_kernel[grid](x, out, w, b, mean, rstd, running_mean, running_var, mean,
+                           C, S, M, chunk, eps, EVAL=True, **flags, **meta)
+    return out, mean, rstd, None
 
 
 def batch_norm_bwd(dy, x, weight, mean, rstd, training: bool, *,
                    config: BatchNormConfig = None):
     """Backend contract.  dweight = sum(dy*xhat), dbias = sum(dy): fp32 per-chunk partials
-    summed over chunks in a fixed order (bitwise repeatable)."""
+    summed over chunks in a fixed order (bitwise repeatable).  Two launches: the chunk sums,
+    then dx, whose programs also write dweight / dbias."""
     C, S, M, cl, cfg, chunk, split = _plan(x, config)
     dev = x.device
     dy = _like_layout(dy, x, cl)
     dx = torch.empty_like(x)
-    part = torch.zeros(2 * split * C, device=dev, dtype=torch.float32)
-    mean = mean.to(torch.float32).contiguous()
-    rstd = rstd.to(torch.float32).contiguous()
+    gdtype = weight.dtype if weight is not None else x.dtype
+    dweight = None if weight is None else torch.empty_like(weight)
+    dbias = x.new_empty(C, dtype=gdtype)
+    if M == 0:
+        if dweight is not None:
+            dweight.zero_()
+        return dx, dweight, dbias.zero_()
+    part = f32_empty(x, 2 * split * C)
+    mean = mean if mean.dtype == torch.float32 else mean.float()
+    rstd = rstd if rstd.dtype == torch.float32 else rstd.float()
     meta = dict(CHANNELS_LAST=cl, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
                 num_warps=cfg.num_warps)
-    grid = (triton.cdiv(C, cfg.block_c), split)
-    if M > 0:
-        _bn_bwd_sums_kernel[grid](x, dy, mean, rstd, part, C, S, M, chunk, **meta)
-    sums = part.view(2, split, C).sum(1)  # second step: fixed-order column sums
-    if M > 0:
-        w = _fp32(weight, C, 1.0, dev)
-        inv_m = 1.0 / M if training else 0.0
-        _bn_bwd_dx_kernel[grid](x, dy, dx, w, mean, rstd, sums, C, S, M, chunk, inv_m, **meta)
-    gdtype = weight.dtype if weight is not None else x.dtype
-    # copies: the two rows of one buffer may not come back as aliasing outputs of a custom op
-    dweight = None if weight is None else sums[1].to(gdtype, copy=True)
-    dbias = sums[0].to(gdtype, copy=True)
+    grid = (_cdiv(C, cfg.block_c), split)
+    _bn_bwd_sums_kernel[grid](x, dy, mean, rstd, part, C, S, M, chunk, **meta)
+    _bn_bwd_dx_kernel[grid](x, dy, dx, weight if weight is not None else x, mean, rstd, part,
+                            dweight if dweight is not None else dbias, dbias, C, S, M, chunk,
+                            split, 1.0 / M if training else 0.0, BLOCK_K=MERGE_BLOCK_K,
+                            HAS_W=weight is not None, **meta)
     return dx, dweight, dbias
 
 
@@ -294,27 +386,50 @@ _X_DTYPES = ("fp32", "fp16", "bf16")
 
 def compile_variants():
     """Every (kernel, signature, constexprs, num_warps) the launchers can produce: x dtype x
-    layout x tile (parameters and statistics are always fp32)."""
+    layout x tile x parameter dtype (x's or fp32; the functional layer casts other mixes of
+    the affine parameters to fp32; running statistics of another dtype are one more
+    specialization of the merge / eval kernels, covered here for x's dtype and fp32)."""
     nw = BatchNormConfig(block_m=1, block_c=1).num_warps
     F = "*fp32"
     sz = {"C": "i32", "S": "i32", "M": "i32", "chunk": "i32"}
     for xt in _X_DTYPES:
         P = f"*{xt}"
+        pts = list(dict.fromkeys((P, F)))
         for cl in (False, True):
-            ce = {"CHANNELS_LAST": cl, "BLOCK_K": MERGE_BLOCK_K, "BLOCK_C": MERGE_BLOCK_C}
-            yield (_bn_merge_kernel,
-                   {"X": P, "Part": F, "Mean": F, "Rstd": F, "Var": F, "Ctr": F, **sz,
-                    "split": "i32", "eps": "fp32", **_cx(ce)}, ce, nw)
+            for pt in pts:
+                for cum in (False, True):
+                    ce = {"CHANNELS_LAST": cl, "BLOCK_K": MERGE_BLOCK_K,
+                          "BLOCK_C": MERGE_BLOCK_C, "HAS_RM": True, "HAS_RV": True,
+                          "CUMULATIVE": cum}
+                    yield (_bn_merge_kernel,
+                           {"X": P, "Part": F, "Mean": F, "Rstd": F, "Var": F, "Ctr": F,
+                            "RM": pt, "RV": pt, "NBT": "*i64" if cum else F, **sz,
+                            "split": "i32", "eps": "fp32", "momentum": "fp32", **_cx(ce)},
+                           ce, nw)
             for bm, bc in tiles(cl):
                 ce = {"CHANNELS_LAST": cl, "BLOCK_M": bm, "BLOCK_C": bc}
-                yield _bn_stats_kernel, {"X": P, "Part": F, **sz, **_cx(ce)}, ce, nw
-                yield (_bn_apply_kernel, {"X": P, "Y": P, "W": F, "B": F, "Ctr": F, "Rstd": F,
-                                          **sz, **_cx(ce)}, ce, nw)
+                for has_nbt in (False, True):
+                    cs = dict(ce, HAS_NBT=has_nbt)
+                    yield (_bn_stats_kernel, {"X": P, "Part": F, "NBT": "*i64" if has_nbt
+                                              else F, **sz, **_cx(cs)}, cs, nw)
                 yield (_bn_bwd_sums_kernel, {"X": P, "DY": P, "Mean": F, "Rstd": F, "Part": F,
                                              **sz, **_cx(ce)}, ce, nw)
-                yield (_bn_bwd_dx_kernel, {"X": P, "DY": P, "DX": P, "W": F, "Mean": F,
-                                           "Rstd": F, "Sums": F, **sz, "inv_m": "fp32",
-                                           **_cx(ce)}, ce, nw)
+                for pt in pts:
+                    for ev in (False, True):
+                        ca = dict(ce, HAS_W=True, HAS_B=True, EVAL=ev)
+                        yield (_bn_apply_kernel,
+                               {"X": P, "Y": P, "W": pt, "B": pt, "Ctr": F, "Rstd": F,
+                                "RM": pt if ev else P, "RV": pt if ev else P, "Mean": F,
+                                **sz, "eps": "fp32", **_cx(ca)}, ca, nw)
+                    cd = dict(ce, BLOCK_K=MERGE_BLOCK_K, HAS_W=True)
+                    yield (_bn_bwd_dx_kernel,
+                           {"X": P, "DY": P, "DX": P, "W": pt, "Mean": F, "Rstd": F,
+                            "Part": F, "DW": pt, "DB": pt, **sz, "split": "i32",
+                            "inv_m": "fp32", **_cx(cd)}, cd, nw)
+                ca = dict(ce, HAS_W=False, HAS_B=False, EVAL=False)
+                yield (_bn_apply_kernel,
+                       {"X": P, "Y": P, "W": P, "B": P, "Ctr": F, "Rstd": F, "RM": P,
+                        "RV": P, "Mean": F, **sz, "eps": "fp32", **_cx(ca)}, ca, nw)
 
 
 def _cx(constexprs):

@@ -4,7 +4,10 @@ Kernels walk the (M = N*spatial) x C matrix of one batch in (block_m, block_c) t
 program owns block_c channels and one chunk of M.  A few tile shapes only, so the compiled
 variants stay few and ``batch_norm.compile_variants`` lists them all.
 """
+import functools
 from dataclasses import dataclass
+
+from fusednorm.kernels._util import cdiv as _cdiv
 
 # (block_m, block_c), 1024 elements each.  channels_last reads rows of C contiguous channels;
 # NCHW reads along m (contiguous within one (n, c) plane of S positions).
@@ -28,14 +31,12 @@ class BatchNormConfig:
     split: int = 1
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
 
 def tiles(channels_last: bool):
     return TILES_CHANNELS_LAST if channels_last else TILES_NCHW
 
 
+@functools.lru_cache(maxsize=1024)
 def batch_norm_config(m: int, c: int, channels_last: bool) -> BatchNormConfig:
     """Tile with the fewest padded lanes (ties to the first); split M until the grid has
     about TARGET_PROGRAMS programs, keeping at least MIN_TILES_PER_SPLIT tiles each."""

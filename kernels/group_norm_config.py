@@ -4,7 +4,10 @@ A group (n, g) is a (Cg channels) x (S spatial positions) tile set; kernels walk
 (block_c, block_s).  Only a few tile shapes exist, so the set of compiled variants stays small
 (every constexpr value is a recompile) and ``group_norm.compile_variants`` can list them all.
 """
+import functools
 from dataclasses import dataclass
+
+from fusednorm.kernels._util import cdiv as _cdiv
 
 # Tile shapes (block_c, block_s), 1024 elements each (4 warps: 8 elements a thread).
 # NCHW reads along s (contiguous), so a single-channel tile is allowed there (InstanceNorm);
@@ -29,14 +32,12 @@ class GroupNormConfig:
     split: int = 1
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
 
 def tiles(channels_last: bool):
     return TILES_CHANNELS_LAST if channels_last else TILES_NCHW
 
 
+@functools.lru_cache(maxsize=1024)
 def group_norm_config(rows: int, cg: int, s: int, channels_last: bool) -> GroupNormConfig:
     """Tile and split for ``rows`` = N*G groups of ``cg`` channels x ``s`` positions.
 

@@ -22,7 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._reduce import chan_combine, masked_mean_m2, sum_partials_kernel
+from fusednorm.kernels._util import cdiv as _cdiv, f32_empty
+
+from ._reduce import chan_combine, masked_mean_m2, sum_partials, sum_partials_kernel
 from .layer_norm_config import (LayerNormConfig, all_configs, all_partials_sum_configs,
                                 layer_norm_config, partials_sum_config)
 
@@ -294,14 +296,13 @@ def layer_norm_fwd(x, residual, weight, bias, eps: float, rms: bool, *, out=None
     """Contract forward.  ``out`` / ``xsum_out`` (keyword-only, optional): preallocated (M, N)
     outputs with unit column stride, written in place (tests poison them to check coverage)."""
     M, N = x.shape
-    dev = x.device
     if out is None:
-        out = torch.empty((M, N), dtype=x.dtype, device=dev)
+        out = x.new_empty((M, N))  # contiguous, whatever x's row stride
     xsum = None
     if residual is not None:
-        xsum = torch.empty((M, N), dtype=x.dtype, device=dev) if xsum_out is None else xsum_out
-    mean = None if rms else torch.empty((M,), dtype=torch.float32, device=dev)
-    rstd = torch.empty((M,), dtype=torch.float32, device=dev)
+        xsum = x.new_empty((M, N)) if xsum_out is None else xsum_out
+    mean = None if rms else f32_empty(x, M)
+    rstd = f32_empty(x, M)
     if M == 0:
         return out, xsum, mean, rstd
     if N == 0:  # statistics of an empty row are 0/0, as in torch
@@ -327,8 +328,8 @@ def layer_norm_fwd(x, residual, weight, bias, eps: float, rms: bool, *, out=None
 def _bwd_grid(M: int, cfg: LayerNormConfig, sm_count: int):
     """(programs, rows per program) with every program owning at least one row."""
     target = max(1, min(M, sm_count * cfg.ctas_per_sm))
-    rows_per_program = triton.cdiv(M, target)
-    return triton.cdiv(M, rows_per_program), rows_per_program
+    rows_per_program = _cdiv(M, target)
+    return _cdiv(M, rows_per_program), rows_per_program
 
 
 def layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms: bool, *, dx_out=None,
@@ -337,8 +338,7 @@ def layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms: bool, *, dx_out=
     first step (~ctas_per_sm x SMs); default: the GPU's SM count, or a small constant on CPU.
     ``dx_out``: optional preallocated (M, N) dx with unit column stride."""
     M, N = x.shape
-    dev = x.device
-    dx = torch.empty((M, N), dtype=x.dtype, device=dev) if dx_out is None else dx_out
+    dx = x.new_empty((M, N)) if dx_out is None else dx_out
     has_w, has_b = weight is not None, bias is not None
     if M == 0 or N == 0:
         dw = torch.zeros_like(weight) if has_w else None
@@ -346,10 +346,10 @@ def layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms: bool, *, dx_out=
         return dx, dw, db
     cfg = layer_norm_config(N, x.dtype)
     if sm_count is None:
-        sm_count = default_sm_count(dev)
+        sm_count = default_sm_count(x.device)
     programs, rows_per_program = _bwd_grid(M, cfg, sm_count)
-    dw_part = torch.empty((programs, N), dtype=torch.float32, device=dev) if has_w else None
-    db_part = torch.empty((programs, N), dtype=torch.float32, device=dev) if has_b else None
+    dw_part = f32_empty(x, (programs, N)) if has_w else None
+    db_part = f32_empty(x, (programs, N)) if has_b else None
     kernel = _bwd_one_pass if cfg.one_pass else _bwd_looped
     dxs = dxsum if dxsum is not None else dy
     kernel[(programs,)](
@@ -360,18 +360,13 @@ def layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms: bool, *, dx_out=
         BLOCK_N=cfg.block_n, RMS=rms, HAS_W=has_w, HAS_B=has_b, HAS_DXSUM=dxsum is not None,
         num_warps=cfg.num_warps,
     )
-    dw = _sum_partials(dw_part, weight.dtype) if has_w else None
-    db = _sum_partials(db_part, bias.dtype) if has_b else None
+    if not (has_w or has_b):
+        return dx, None, None
+    # second step: dweight and dbias, column sums of the partials, in one launch
+    scfg = partials_sum_config(programs, N)
+    dw, db = sum_partials(dw_part, weight, db_part, bias, scfg.block_p, scfg.block_n,
+                          scfg.num_warps)
     return dx, dw, db
-
-
-def _sum_partials(part, dtype):
-    P, N = part.shape
-    res = torch.empty((N,), dtype=dtype, device=part.device)
-    cfg = partials_sum_config(P, N)
-    sum_partials_kernel[(triton.cdiv(N, cfg.block_n),)](
-        part, res, P, N, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps)
-    return res
 
 
 # ----------------------------------------------------------------------------------------
@@ -440,8 +435,12 @@ def compile_variants(full: bool = True):
                                 yield bwd, sig, dict(flags, HAS_DXSUM=has_extra), cfg.num_warps
         # second step: output in the weight's dtype (every float dtype can be a weight dtype)
     for wd in X_DTYPES:
-        sig = {"PART": "*fp32", "OUT": "*" + _TL_NAME[wd], "P": "i32", "N": "i32",
-               "BLOCK_P": "constexpr", "BLOCK_N": "constexpr"}
-        for cfg in all_partials_sum_configs():
-            yield (sum_partials_kernel, sig, dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n),
-                   cfg.num_warps)
+        for has_a, has_b in ((True, True), (True, False), (False, True)):
+            sig = {"PART_A": "*fp32", "OUT_A": "*" + _TL_NAME[wd] if has_a else "*fp32",
+                   "PART_B": "*fp32", "OUT_B": "*" + _TL_NAME[wd] if has_b else "*fp32",
+                   "P": "i32", "N": "i32", "HAS_A": "constexpr", "HAS_B": "constexpr",
+                   "BLOCK_P": "constexpr", "BLOCK_N": "constexpr"}
+            for cfg in all_partials_sum_configs():
+                yield (sum_partials_kernel, sig, dict(HAS_A=has_a, HAS_B=has_b,
+                                                      BLOCK_P=cfg.block_p,
+                                                      BLOCK_N=cfg.block_n), cfg.num_warps)

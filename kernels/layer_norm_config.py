@@ -1,5 +1,6 @@
 """Launch heuristic for the Triton LayerNorm/RMSNorm kernels: one analytical function, no
 autotuning (which needs a GPU driver to import or test).  Pure Python, no device queries."""
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=1024)
 def layer_norm_config(n: int, dtype: torch.dtype) -> LayerNormConfig:
     """Block size, warps and kernel choice for rows of ``n`` elements of ``dtype``.
 
@@ -39,7 +41,7 @@ def layer_norm_config(n: int, dtype: torch.dtype) -> LayerNormConfig:
     """
     if n < 1:
         raise ValueError(f"layer_norm_config: n={n} must be >= 1")
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = dtype.itemsize
     one_pass = n <= MAX_ONE_PASS_N
     block_n = max(MIN_BLOCK_N, _next_pow2(n)) if one_pass else LOOPED_BLOCK_N
     num_warps = min(16, max(4, _next_pow2(block_n * elem // 512))) if one_pass else 16
@@ -76,6 +78,7 @@ _SUM_TALL = PartialsSumConfig(block_p=16, block_n=256, num_warps=4)
 _SUM_SHORT = PartialsSumConfig(block_p=2, block_n=2048, num_warps=4)
 
 
+@functools.lru_cache(maxsize=1024)
 def partials_sum_config(p: int, n: int) -> PartialsSumConfig:
     """Tile of the second reduction step (column sums of a (p, n) fp32 partial buffer)."""
     return _SUM_TALL if p > 16 else _SUM_SHORT

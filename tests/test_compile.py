@@ -176,10 +176,16 @@ def _opcheck_cases(backend, device):
         "group_norm_silu": (ops.group_norm_fwd, (*req(g, cw, cb), 2, 1e-5, "silu", backend)),
         "group_norm_cl": (ops.group_norm_fwd, (*req(gc), None, None, 2, 1e-5, "", backend)),
         "instance_norm": (ops.group_norm_fwd, (*req(gc, cw, cb), 4, 1e-5, "", backend)),
-        "batch_norm_train": (ops.batch_norm_fwd, (*req(g, cw, cb), None, None, True, 1e-5,
-                                                  backend)),
-        "batch_norm_eval_cl": (ops.batch_norm_fwd, (*req(gc, cw), None, rm, rv, False, 1e-5,
-                                                    backend)),
+        "batch_norm_train": (ops.batch_norm_fwd, (*req(g, cw, cb), None, None, None, True,
+                                                  1e-5, 0.1, backend)),
+        "batch_norm_train_running": (ops.batch_norm_fwd, (
+            *req(gc, cw, cb), rm.clone(), rv.clone(), torch.tensor(3, device=device), True,
+            1e-5, None, backend)),
+        "batch_norm_eval_cl": (ops.batch_norm_fwd, (*req(gc, cw), None, rm, rv, None, False,
+                                                    1e-5, 0.1, backend)),
+        "instance_norm_running": (ops.instance_norm_running, (
+            r(2, 4, seed=15), r(2, 4, seed=16).abs() + 0.5, rm.clone(), rv.clone(), 0.2, 1e-5,
+            6, backend)),
     }
     # backward ops on the statistics the forward ops produce
     _, _, mean, rstd = ops.layer_norm_fwd(x, None, w, b, 1e-5, False, backend)
@@ -192,9 +198,11 @@ def _opcheck_cases(backend, device):
     cases["group_norm_bwd"] = (ops.group_norm_bwd, (r(2, 4, 3, 2, seed=13), gc, cw, cb, mean,
                                                     rstd, 2, "silu", backend))
     for training in (True, False):
-        _, mean, rstd, _ = ops.batch_norm_fwd(g, cw, cb, rm, rv, training, 1e-5, backend)
+        _, mean, rstd, *_ = ops.batch_norm_fwd(g, cw, cb, rm, rv, None, training, 1e-5, 0.1,
+                                               backend)
         cases[f"batch_norm_bwd_{training}"] = (
-            ops.batch_norm_bwd, (r(2, 4, 3, 2, seed=14), g, cw, mean, rstd, training, backend))
+            ops.batch_norm_bwd, (r(2, 4, 3, 2, seed=14), g, cw, cb, mean, rstd, training,
+                                 backend))
     return cases
 
 

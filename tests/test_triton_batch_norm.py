@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from fusednorm.kernels.batch_norm import batch_norm_bwd, batch_norm_fwd
 from fusednorm.kernels.batch_norm_config import BatchNormConfig, chunk_and_split
-from test_triton_group_norm import DTYPES, Guard, assert_close, compile_all_variants, to_layout
+from fusednorm.kernels import batch_norm as bn_mod
+from test_triton_group_norm import (DTYPES, Guard, assert_close, compile_all_variants,
+                                    poisoned_f32_empty, to_layout)
 
 EPS = 1e-5
 
@@ -19,7 +21,8 @@ def bn_reference(x, w, b, rm, rv, training, dy):
     b = None if b is None else b.detach().requires_grad_()
     y = F.batch_norm(x, rm, rv, w, b, training, 0.1, EPS)
     y.backward(dy)
-    return y.detach(), x.grad, None if w is None else w.grad, None if b is None else b.grad
+    return (y.detach(), x.grad, None if w is None else w.grad, None if b is None else b.grad,
+            rm, rv)
 
 
 def check_bn(shape, dtype, device, channels_last=False, training=True, affine=True,
@@ -32,13 +35,15 @@ def check_bn(shape, dtype, device, channels_last=False, training=True, affine=Tr
     rm = (torch.randn(C, dtype=torch.float64) + offset).float().to(device)
     rv = (torch.rand(C, dtype=torch.float64) + 0.5).float().to(device)
     dy = to_layout(torch.randn(shape, dtype=torch.float64).to(dtype), channels_last).to(device)
-    out, mean, rstd, var = batch_norm_fwd(x, w, b, rm, rv, training, EPS, config=config)
-    dx, dw, db = batch_norm_bwd(dy, x, w, mean, rstd, training, config=config)
-
     d64 = lambda t: None if t is None else t.double()  # noqa: E731
     ref = bn_reference(x.double(), d64(w), d64(b), d64(rm).clone(), d64(rv).clone(), training,
                        dy.double())
-    lp = bn_reference(x, w, b, rm.clone(), rv.clone(), training, dy)  # torch in x's dtype
+    rm0, rv0 = rm.clone(), rv.clone()
+    # training updates the running statistics in place (momentum 0.1, as the references)
+    out, mean, rstd, var = batch_norm_fwd(x, w, b, rm, rv, training, EPS, config=config)
+    dx, dw, db = batch_norm_bwd(dy, x, w, mean, rstd, training, config=config)
+
+    lp = bn_reference(x, w, b, rm0.clone(), rv0.clone(), training, dy)  # torch in x's dtype
     assert out.dtype == dtype and out.stride() == x.stride(), "out must keep x's layout/dtype"
     assert dx.stride() == x.stride()
     assert_close(out, ref[0], lp[0], "out")
@@ -49,8 +54,12 @@ def check_bn(shape, dtype, device, channels_last=False, training=True, affine=Tr
         assert_close(mean, x.double().mean(dims), mean, "mean")
         assert_close(var, v64, var, "var")
         assert_close(rstd, torch.rsqrt(v64 + EPS), rstd, "rstd")
+        # fp32 buffers: torch's own fp32 update is the low-precision baseline
+        assert_close(rm, ref[4], lp[4], "running_mean")
+        assert_close(rv, ref[5], lp[5], "running_var")
     else:
-        assert torch.equal(mean, rm) and torch.equal(var, rv)
+        assert var is None and torch.equal(mean, rm) and torch.equal(rm, rm0)
+        assert torch.equal(rv, rv0)
         assert_close(rstd, torch.rsqrt(rv.double() + EPS), rstd, "rstd")
     # dbias is returned whether or not there is an affine; compare with sum(dy) in float64
     assert_close(db, dy.double().sum(dims), lp[3] if affine else db, "dbias")
@@ -120,11 +129,12 @@ def test_guard_regions_and_full_write(training, channels_last, device, monkeypat
     n_inputs = len(g.items)
     cfg = BatchNormConfig(block_m=128, block_c=8, split=2)
     with g.outputs(monkeypatch):
+        monkeypatch.setattr(bn_mod, "f32_empty", poisoned_f32_empty)  # partials too
         out, mean, rstd, var = batch_norm_fwd(x, w, b, rm, rv, training, EPS, config=cfg)
         dx, dw, db = batch_norm_bwd(dy, x, w, mean, rstd, training, config=cfg)
     views = g.check()
-    assert len(views) == n_inputs + 2, "out and dx should come from empty_like"
-    for t in (out, dx, mean, rstd, var, dw, db):
+    assert len(views) == n_inputs + 3, "out, dx and dweight should come from empty_like"
+    for t in (out, dx, mean, rstd, dw, db) + ((var,) if training else ()):
         assert not torch.isnan(t).any(), "an output element was not written"
 
 

@@ -79,6 +79,12 @@ class Guard:
             yield
 
 
+def poisoned_f32_empty(like, shape):
+    """kernels._util.f32_empty, NaN-filled: scratch a kernel must write before reading."""
+    return torch.full(shape if isinstance(shape, tuple) else (shape,), float("nan"),
+                      dtype=torch.float32, device=like.device)
+
+
 def to_layout(x, channels_last):
     if not channels_last:
         return x.contiguous()
@@ -212,10 +218,13 @@ def test_guard_regions_and_full_write(channels_last, config, device, monkeypatch
     dy = g.place(to_layout(torch.randn(shape), channels_last).to(device))
     n_inputs = len(g.items)
     with g.outputs(monkeypatch):
+        # fp32 scratch (statistics, partials) poisoned too: the partial buffers are not
+        # zero-filled, so a partial row no program writes would turn dweight/dbias NaN
+        monkeypatch.setattr(gn_mod, "f32_empty", poisoned_f32_empty)
         out, mean, rstd = group_norm_fwd(x, w, b, G, 1e-5, "silu", config=config)
         dx, dw, db = group_norm_bwd(dy, x, w, b, mean, rstd, G, "silu", config=config)
     views = g.check()
-    assert len(views) == n_inputs + 2, "out and dx should come from empty_like"
+    assert len(views) == n_inputs + 4, "out, dx, dweight and dbias should come from empty_like"
     for t in (out, dx, mean, rstd, dw, db):
         assert not torch.isnan(t).any(), "an output element was not written"
 
@@ -292,4 +301,4 @@ def test_compile_every_variant():
     """Every kernel variant the launchers can produce compiles for sm_80/sm_90 without spills."""
     n = sum(1 for _ in gn_mod.compile_variants())
     names = compile_all_variants("fusednorm.kernels.group_norm", n)
-    assert len(names) == 6
+    assert len(names) == 7  # six GN kernels + the InstanceNorm running-statistics kernel

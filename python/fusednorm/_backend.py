@@ -3,11 +3,21 @@
 Backends are modules implementing the contract in ``fusednorm/backends/__init__.py``; they
 are imported on first use, never at ``import fusednorm``.  ``FUSEDNORM_BACKEND`` is read on
 every call that does not name a backend.
+
+Selection is cached: the answer depends only on (op, the backend argument, the value of
+FUSEDNORM_BACKEND when that argument is None, device type, dtype), so a valid eager call
+costs one environment read and one dict lookup.  Errors are never cached: a bad request is
+re-examined (and raises the same message) on every call.
+
+Under torch.compile the choice is made at trace time by ``resolve_traced``: the lookup,
+which may import a backend module (or load the CUDA extension), runs outside Dynamo through
+``torch.compiler.assume_constant_result`` and its answer is a constant of the graph; a
+failed lookup is raised from traced code, so Dynamo reports the same exception.
 """
 import importlib
 import importlib.util
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -24,6 +34,8 @@ _MODULES = {
 # for by name.
 _AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
 _loaded = {}
+# (op, backend argument, env value, device type, dtype) -> (name, module)
+_chosen = {}
 
 
 def _load(name: str):
@@ -35,6 +47,7 @@ def _load(name: str):
         except ImportError as e:
             mod, reason = None, f"cannot import {_MODULES[name]}: {e}"
         _loaded[name] = (None, reason) if reason else (mod, None)
+        _chosen.clear()  # "auto" may now prefer a backend that was not loaded before
     return _loaded[name]
 
 
@@ -52,43 +65,82 @@ def available_backends() -> dict:
     return {name: (True if _load(name)[0] is not None else _load(name)[1]) for name in _MODULES}
 
 
-def _device_reason(name: str, mod, op: str, x: torch.Tensor) -> Optional[str]:
+def _device_reason(name: str, mod, op: str, device_type: str, dtype) -> Optional[str]:
     if op not in mod.SUPPORTED:
         return f"backend {name!r} does not implement {op} yet"
     dtypes = getattr(mod, "DTYPES", (torch.float32, torch.float16, torch.bfloat16))
-    if x.dtype not in dtypes:
+    if dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in sorted(dtypes, key=str))
-        return f"backend {name!r} supports dtypes {names}; input is {x.dtype}"
-    if name == "cuda" and x.device.type != "cuda":
-        return f"backend 'cuda' needs a CUDA tensor; input is on {x.device}"
-    if name == "triton" and x.device.type != "cuda" \
+        return f"backend {name!r} supports dtypes {names}; input is {dtype}"
+    if name == "cuda" and device_type != "cuda":
+        return f"backend 'cuda' needs a CUDA tensor; input is on {device_type}"
+    if name == "triton" and device_type != "cuda" \
             and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return (f"backend 'triton' needs a CUDA tensor; input is on {x.device} "
+        return (f"backend 'triton' needs a CUDA tensor; input is on {device_type} "
                 "(set TRITON_INTERPRET=1 before importing fusednorm to run it on CPU)")
     return None
 
 
-def resolve(fn: str, op: str, backend: Optional[str], x: torch.Tensor) -> str:
-    """The backend that runs ``op`` for ``x``; raises saying why an explicit one cannot."""
-    if backend is None:
-        backend = os.environ.get("FUSEDNORM_BACKEND") or "auto"
+def _choose(op: str, backend: str, device_type: str, dtype) -> Tuple[Optional[str], tuple]:
+    """(name, ()) or (None, (exception class, message without the "fusednorm.<fn>: " prefix))."""
     if backend == "auto":
-        if x.device.type != "cuda":
-            return "torch"
+        if device_type != "cuda":
+            return "torch", ()
         for name in _AUTO_ORDER_CUDA:
             if name == "cuda" and name not in _loaded and not _prebuilt_extension():
                 continue
             mod = get(name)
-            if mod is not None and _device_reason(name, mod, op, x) is None:
-                return name
-        return "torch"
-    if backend not in _MODULES:
-        raise ValueError(f"fusednorm.{fn}: backend={backend!r}; expected None, 'auto' or one "
-                         f"of {sorted(_MODULES)}")
+            if mod is not None and _device_reason(name, mod, op, device_type, dtype) is None:
+                return name, ()
+        return "torch", ()
+    if not isinstance(backend, str) or backend not in _MODULES:
+        return None, (ValueError, f"backend={backend!r}; expected None, 'auto' or one of "
+                                  f"{sorted(_MODULES)}")
     mod, reason = _load(backend)
     if mod is None:
-        raise RuntimeError(f"fusednorm.{fn}: backend {backend!r} is not available: {reason}")
-    reason = _device_reason(backend, mod, op, x)
+        return None, (RuntimeError, f"backend {backend!r} is not available: {reason}")
+    reason = _device_reason(backend, mod, op, device_type, dtype)
     if reason is not None:
-        raise RuntimeError(f"fusednorm.{fn}: {reason}")
-    return backend
+        return None, (RuntimeError, reason)
+    return backend, ()
+
+
+def resolve_module(fn: str, op: str, backend: Optional[str], x: torch.Tensor):
+    """(name, module) of the backend that runs ``op`` for ``x`` in eager mode; raises saying
+    why an explicitly requested backend cannot."""
+    env = os.environ.get("FUSEDNORM_BACKEND") if backend is None else None
+    key = (op, backend, env, x.device.type, x.dtype)
+    try:
+        return _chosen[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable backend argument (refused below)
+        pass
+    name, err = _choose(op, backend if backend is not None else (env or "auto"), x.device.type, x.dtype)
+    if name is None:
+        raise err[0](f"fusednorm.{fn}: {err[1]}")
+    hit = _chosen[key] = (name, get(name))
+    return hit
+
+
+def resolve(fn: str, op: str, backend: Optional[str], x: torch.Tensor) -> str:
+    """The name of the backend that runs ``op`` for ``x``."""
+    return resolve_module(fn, op, backend, x)[0]
+
+
+@torch.compiler.assume_constant_result
+def _choose_at_trace_time(op: str, backend: Optional[str], device_type: str, dtype):
+    """_choose for a traced call: run by Dynamo outside the graph (it may import a backend),
+    its result baked into the graph.  Returns (name, error class name, message)."""
+    request = backend if backend is not None else (os.environ.get("FUSEDNORM_BACKEND") or "auto")
+    name, err = _choose(op, request, device_type, dtype)
+    return (name, "", "") if name is not None else (None, err[0].__name__, err[1])
+
+
+_ERRORS = {"ValueError": ValueError, "RuntimeError": RuntimeError}
+
+
+def resolve_traced(fn: str, op: str, backend: Optional[str], x: torch.Tensor) -> str:
+    """resolve() for code traced by torch.compile (see the module docstring)."""
+    name, exc, msg = _choose_at_trace_time(op, backend, x.device.type, x.dtype)
+    if name is None:
+        raise _ERRORS[exc](f"fusednorm.{fn}: {msg}")
+    return name

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FLOAT_DTYPES = frozenset((torch.float32, torch.float16, torch.bfloat16, torch.float64))
+_INF = math.inf
 
 
 def _is_int(v) -> bool:
@@ -25,6 +26,9 @@ def fail(fn: str, exc, msg: str):
 
 
 def check_input(fn: str, x, min_dim: int = 1, what: str = "input"):
+    # the common case first: a tensor of a floating dtype with enough dims, three tests
+    if isinstance(x, torch.Tensor) and x.dtype in FLOAT_DTYPES and x.dim() >= min_dim:
+        return
     if not isinstance(x, torch.Tensor):
         fail(fn, TypeError, f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
@@ -39,6 +43,9 @@ def check_param(fn: str, name: str, p, shape: Sequence[int], x: torch.Tensor):
     """weight/bias/running stats: None, or a floating tensor of ``shape`` on x's device."""
     if p is None:
         return
+    if isinstance(p, torch.Tensor) and p.dtype in FLOAT_DTYPES and p.shape == shape \
+            and p.device == x.device:
+        return
     if not isinstance(p, torch.Tensor):
         fail(fn, TypeError, f"{name} must be a torch.Tensor or None, got {type(p).__name__}")
     if p.dtype not in FLOAT_DTYPES:
@@ -51,6 +58,8 @@ def check_param(fn: str, name: str, p, shape: Sequence[int], x: torch.Tensor):
 
 
 def check_eps(fn: str, eps):
+    if type(eps) is float and 0.0 <= eps < _INF:
+        return eps
     # a chained comparison, not math.isfinite: under torch.compile(dynamic=True) eps may be a
     # symbolic float, which math.isfinite would turn into a graph break
     if not isinstance(eps, (int, float)) and isinstance(eps, numbers.Real):
@@ -61,6 +70,16 @@ def check_eps(fn: str, eps):
 
 
 def normalized_shape_tuple(fn: str, normalized_shape, x: torch.Tensor):
+    # common cases first: an int, or a tuple / torch.Size of ints matching the last dims
+    t = type(normalized_shape)
+    if t is int:
+        if normalized_shape >= 0 and x.dim() >= 1 and x.shape[-1] == normalized_shape:
+            return (normalized_shape,)
+    elif t is tuple or t is torch.Size:
+        k = len(normalized_shape)
+        if 0 < k <= x.dim() and x.shape[x.dim() - k:] == normalized_shape and all(
+                type(s) is int for s in normalized_shape):
+            return tuple(normalized_shape)
     if _is_int(normalized_shape):
         shape = (operator.index(normalized_shape),)
     elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
@@ -93,6 +112,13 @@ def check_residual(fn: str, residual, x: torch.Tensor):
         fail(fn, ValueError, f"residual is on {residual.device} but input is on {x.device}")
 
 
+def check_momentum(fn: str, momentum) -> float:
+    """A real number (numpy scalars included, as torch accepts them); not a bool."""
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        fail(fn, TypeError, f"momentum={momentum!r}; expected a float")
+    return float(momentum)
+
+
 def check_num_groups(fn: str, num_groups, channels: int):
     if not _is_int(num_groups) or num_groups <= 0:
         fail(fn, ValueError, f"num_groups={num_groups!r}; expected a positive int")
@@ -108,11 +134,16 @@ def check_activation(fn: str, activation: Optional[str]) -> str:
     return activation
 
 
-def check_channel_norm(fn: str, x, min_dim: int, **params) -> int:
-    """input of at least ``min_dim`` dims with channels at dim 1, and per-channel tensors
-    (weight, bias, running stats: None or (C,)); returns C."""
-    check_input(fn, x, min_dim=min_dim)
+_CHANNEL_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+def check_channel_norm(fn: str, x, min_dim: int, *params) -> int:
+    """input of at least ``min_dim`` dims with channels at dim 1, and the per-channel tensors
+    weight, bias[, running_mean, running_var] (in that order; each None or (C,)); returns C."""
+    check_input(fn, x, min_dim)
     c = x.shape[1]
-    for name, p in params.items():
-        check_param(fn, name, p, (c,), x)
+    shape = (c,)
+    for name, p in zip(_CHANNEL_PARAMS, params):
+        if p is not None:
+            check_param(fn, name, p, shape, x)
     return c

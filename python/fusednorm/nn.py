@@ -22,54 +22,72 @@ def _emit(module, kind, stats):
                             for k, v in stats.items()})
 
 
+def _emit_raw(module, kind, mean, rstd, var, eps, count):
+    """Hand the norm's own statistics to the statistics hook, if one is set (the dict is
+    built only then: a plain forward pays one attribute lookup)."""
+    hook = module.__dict__.get("_fusednorm_stats_hook")
+    if hook is not None and rstd is not None:
+        _emit(module, kind, {"mean": mean, "rstd": rstd, "var": var, "eps": eps,
+                             "count": count})
+
+
 def _backend(module):
-    return getattr(module, "_fusednorm_backend", None)
+    return module.__dict__.get("_fusednorm_backend")
 
 
-class LayerNorm(torch.nn.LayerNorm):
+class _Fused:
+    """Marks fusednorm's modules in their repr (``LayerNorm(...)`` prints as
+    ``fusednorm.LayerNorm(...)``), so a converted model shows what was swapped."""
+
+    def _get_name(self):
+        return "fusednorm." + type(self).__name__
+
+
+class LayerNorm(_Fused, torch.nn.LayerNorm):
     def forward(self, input: Tensor) -> Tensor:
-        out, stats = F._layer_norm_stats("layer_norm", input, self.normalized_shape,
-                                         self.weight, self.bias, self.eps, None, False,
-                                         _backend(self), rms=False)
-        _emit(self, "layer_norm", stats)
+        out, mean, rstd, eps, n = F._layer_norm("layer_norm", input, self.normalized_shape,
+                                                self.weight, self.bias, self.eps, None, False,
+                                                _backend(self), False)
+        _emit_raw(self, "layer_norm", mean, rstd, None, eps, n)
         return out
 
 
-class RMSNorm(torch.nn.RMSNorm):
+class RMSNorm(_Fused, torch.nn.RMSNorm):
     def forward(self, x: Tensor) -> Tensor:
-        out, stats = F._layer_norm_stats("rms_norm", x, self.normalized_shape, self.weight,
-                                         None, self.eps, None, False, _backend(self), rms=True)
-        _emit(self, "rms_norm", stats)
+        out, mean, rstd, eps, n = F._layer_norm("rms_norm", x, self.normalized_shape,
+                                                self.weight, None, self.eps, None, False,
+                                                _backend(self), True)
+        _emit_raw(self, "rms_norm", mean, rstd, None, eps, n)
         return out
 
 
-class GroupNorm(torch.nn.GroupNorm):
+class GroupNorm(_Fused, torch.nn.GroupNorm):
     def forward(self, input: Tensor) -> Tensor:
-        out, stats = F._group_norm_stats("group_norm", input, self.num_groups, self.weight,
-                                         self.bias, self.eps, None, _backend(self))
-        _emit(self, "group_norm", stats)
+        out, mean, rstd, eps, n = F._group_norm("group_norm", input, self.num_groups,
+                                                self.weight, self.bias, self.eps, None,
+                                                _backend(self))
+        _emit_raw(self, "group_norm", mean, rstd, None, eps, n)
         return out
 
 
-class _BatchNormMixin:
+class _BatchNormMixin(_Fused):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        # Same bookkeeping as torch's _BatchNorm.forward, except that momentum=None divides
-        # by num_batches_tracked on the device (a 0-dim tensor) instead of calling float()
-        # on it, and an empty batch does not count as a step.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None \
-                and input.numel() > 0:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / self.num_batches_tracked.to(torch.float64)
+        # torch's _BatchNorm.forward bookkeeping, done by the backend's kernels: in training
+        # with tracked statistics num_batches_tracked is incremented on the device, and
+        # momentum=None (cumulative average) takes 1 / num_batches_tracked there -- no host
+        # synchronization.  An empty batch does not count as a step.
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_running = not self.training or self.track_running_stats
-        out, stats = F._batch_norm_stats(
+        nbt = self.num_batches_tracked if self.training and self.track_running_stats else None
+        out, mean, rstd, var, eps, n = F._batch_norm(
             "batch_norm", input, self.running_mean if use_running else None,
             self.running_var if use_running else None, self.weight, self.bias, bn_training,
-            factor, self.eps, _backend(self))
-        _emit(self, "batch_norm", stats)
+            self.momentum if nbt is not None else (
+                0.0 if self.momentum is None else self.momentum),
+            self.eps, _backend(self), nbt)
+        if bn_training:
+            _emit_raw(self, "batch_norm", mean, rstd, var, eps, n)
         return out
 
 
@@ -85,7 +103,7 @@ class BatchNorm3d(_BatchNormMixin, torch.nn.BatchNorm3d):
     forward = _BatchNormMixin.forward
 
 
-class _InstanceNormMixin:
+class _InstanceNormMixin(_Fused):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         no_batch = self._get_no_batch_dim()
@@ -99,11 +117,11 @@ class _InstanceNormMixin:
         unbatched = input.dim() == no_batch
         x = input.unsqueeze(0) if unbatched else input
         use_input_stats = self.training or not self.track_running_stats
-        out, stats = F._instance_norm_stats(
+        out, mean, rstd, eps, n = F._instance_norm(
             "instance_norm", x, self.running_mean, self.running_var, self.weight, self.bias,
             use_input_stats, self.momentum if self.momentum is not None else 0.0, self.eps,
             _backend(self))
-        _emit(self, "instance_norm", stats)
+        _emit_raw(self, "instance_norm", mean, rstd, None, eps, n)
         return out.squeeze(0) if unbatched else out
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import _backend
 from . import _validate as V
-from .functional import _spatial_layout
+from ._layout import spatial
 from .nn import _BatchNormMixin, _backend as _module_backend, _emit
 from .ops._common import laid_out_like, stat_dtype
 from .reference._common import channel as _channel
@@ -62,8 +62,8 @@ class _SyncBatchNormFn(torch.autograd.Function):
         if x.numel() > 0:
             # The training call also writes a normalized output that is discarded: the price
             # of reusing the op's statistics (one extra write of x-sized data).
-            _, mean, _, var = torch.ops.fusednorm.batch_norm_fwd(x, None, None, None, None,
-                                                                 True, eps, backend)
+            _, mean, _, var, *_ = torch.ops.fusednorm.batch_norm_fwd(
+                x, None, None, None, None, None, True, eps, 0.0, backend)
             n = x.numel() // c
             local = torch.cat([mean.new_full((1,), n, dtype=torch.float64),
                                mean.double(), var.double() * n])
@@ -78,8 +78,8 @@ class _SyncBatchNormFn(torch.autograd.Function):
         m2_g = (m2s + counts * (means - mean_g).square()).sum(0)
         var_g = m2_g / safe
         mean_s, var_s = mean_g.to(sd), var_g.to(sd)
-        out, _, rstd, _ = torch.ops.fusednorm.batch_norm_fwd(x, weight, bias, mean_s, var_s,
-                                                             False, eps, backend)
+        out, _, rstd, *_ = torch.ops.fusednorm.batch_norm_fwd(
+            x, weight, bias, mean_s, var_s, None, False, eps, 0.0, backend)
         ctx.save_for_backward(x, weight, mean_s, rstd, total)
         ctx.group, ctx.world_size, ctx.backend = group, world_size, backend
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -98,7 +98,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
             # Its dx output (rstd * dy) is discarded.
             ones = x.new_ones((c,), dtype=sd)
             _, sum_dy_xhat, sum_dy = torch.ops.fusednorm.batch_norm_bwd(
-                dout, x, ones, mean, rstd, False, ctx.backend)
+                dout, x, ones, ones, mean, rstd, False, ctx.backend)
             sums = torch.cat([sum_dy.to(sd), sum_dy_xhat.to(sd)])
         else:
             sums = x.new_zeros((2 * c,), dtype=sd)
@@ -144,7 +144,7 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
         V.check_param(fn, "bias", self.bias, (c,), input)
         eps = V.check_eps(fn, self.eps)
         name = _backend.resolve(fn, "batch_norm", _module_backend(self), input)
-        x = _spatial_layout(input)
+        x = spatial(input)
         out, mean, var, total = _SyncBatchNormFn.apply(x, self.weight, self.bias, eps, group,
                                                        world_size, name)
         if self.track_running_stats and self.running_mean is not None:

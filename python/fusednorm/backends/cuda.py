@@ -144,9 +144,26 @@ def group_norm_bwd(dy, x, weight, bias, mean, rstd, num_groups: int, activation:
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
-def batch_norm_fwd(x, weight, bias, running_mean, running_var, training: bool, eps: float):
-    return tuple(_ops().batch_norm_fwd(x, weight, bias, running_mean, running_var, bool(training),
-                                       float(eps)))
+def batch_norm_fwd(x, weight, bias, running_mean, running_var, training: bool, eps: float,
+                   momentum=0.1, num_batches_tracked=None):
+    # TODO(#16): the extension's merge kernel should update the running statistics itself;
+    # until its schema takes them, the update runs here as torch ops on the device.
+    out, mean, rstd, var = _ops().batch_norm_fwd(x, weight, bias, running_mean, running_var,
+                                                 bool(training), float(eps))
+    if not training:
+        return out, mean, rstd, None
+    if running_mean is not None or running_var is not None:
+        from ..reference.batch_norm import update_running
+        count = x.numel() // x.shape[1]
+        update_running(running_mean, running_var, mean, var * (count / (count - 1)), momentum,
+                       num_batches_tracked)
+    return out, mean, rstd, var
+
+
+def instance_norm_running(mean, rstd, running_mean, running_var, momentum, eps, spatial):
+    # TODO(#16): a kernel of the extension; torch ops on the device until then
+    from ..reference.group_norm import instance_norm_running as update
+    update(mean, rstd, running_mean, running_var, momentum, eps, spatial)
 
 
 def batch_norm_bwd(dy, x, weight, mean, rstd, training: bool):

@@ -19,7 +19,8 @@ except ImportError as e:  # pragma: no cover - depends on the install
 
 _FUNCS = {
     "layer_norm": ("fusednorm.kernels.layer_norm", ("layer_norm_fwd", "layer_norm_bwd")),
-    "group_norm": ("fusednorm.kernels.group_norm", ("group_norm_fwd", "group_norm_bwd")),
+    "group_norm": ("fusednorm.kernels.group_norm", ("group_norm_fwd", "group_norm_bwd",
+                                                     "instance_norm_running")),
     "batch_norm": ("fusednorm.kernels.batch_norm", ("batch_norm_fwd", "batch_norm_bwd")),
 }
 

@@ -1,28 +1,74 @@
-"""fusednorm::group_norm_fwd / group_norm_bwd (GroupNorm; InstanceNorm is G = C)."""
+"""GroupNorm (InstanceNorm is G = C): the eager autograd.Function and the torch.library ops
+(``fusednorm::group_norm_fwd`` / ``_bwd``) over one pair of backend calls."""
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from ._common import backend_module, empty_marker, laid_out_like, opt, or_empty, stat_dtype
+from ._common import backend_module, laid_out_like, opt, or_empty, stat_dtype
 
 
+# ------------------------------------------------------------------- the backend calls
+def fwd(mod, x, weight, bias, num_groups, eps, activation):
+    """-> (out with x's strides, mean (N, G), rstd (N, G))."""
+    if x.numel() == 0:
+        stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x))
+        return torch.empty_like(x), stats, stats.clone()
+    return mod.group_norm_fwd(x, weight, bias, num_groups, eps, activation)
+
+
+def bwd(mod, dy, x, weight, bias, mean, rstd, num_groups, activation):
+    """-> (dx, dweight or None, dbias or None)."""
+    if x.numel() == 0:
+        return (torch.empty_like(x), None if weight is None else torch.zeros_like(weight),
+                None if bias is None else torch.zeros_like(bias))
+    return mod.group_norm_bwd(laid_out_like(dy, x), x, weight, bias, mean, rstd, num_groups,
+                              activation)
+
+
+# -------------------------------------------------------------------------- eager path
+class GroupNormFn(torch.autograd.Function):
+    """-> (out, mean, rstd); only out is differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, activation, mod):
+        out, mean, rstd = fwd(mod, x, weight, bias, num_groups, eps, activation)
+        ctx.mod, ctx.num_groups, ctx.activation = mod, num_groups, activation
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(mean, rstd)
+        return out, mean, rstd
+
+    @staticmethod
+    def backward(ctx, dout, _dmean, _drstd):
+        if dout is None:
+            return None, None, None, None, None, None, None
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dw, db = bwd(ctx.mod, dout, x, weight, bias, mean, rstd, ctx.num_groups,
+                         ctx.activation)
+        return dx, dw, db, None, None, None, None
+
+
+def eager(x, weight, bias, num_groups, eps, activation, mod):
+    if torch.is_grad_enabled() and (x.requires_grad or (
+            weight is not None and weight.requires_grad) or (
+            bias is not None and bias.requires_grad)):
+        return GroupNormFn.apply(x, weight, bias, num_groups, eps, activation, mod)
+    return fwd(mod, x, weight, bias, num_groups, eps, activation)
+
+
+# ----------------------------------------------------------- torch.library ops (compile)
 @torch.library.custom_op("fusednorm::group_norm_fwd", mutates_args=())
 def group_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                    num_groups: int, eps: float, activation: str, backend: str
                    ) -> Tuple[Tensor, Tensor, Tensor]:
     """-> (out with x's strides, mean (N, G), rstd (N, G))."""
-    sd = stat_dtype(x)
-    if x.numel() == 0:
-        stats = x.new_empty((x.shape[0], num_groups), dtype=sd)
-        return torch.empty_like(x), stats, stats.clone()
-    return backend_module(backend).group_norm_fwd(x, weight, bias, num_groups, eps, activation)
+    return fwd(backend_module(backend), x, weight, bias, num_groups, eps, activation)
 
 
 @group_norm_fwd.register_fake
 def _(x, weight, bias, num_groups, eps, activation, backend):
-    sd = stat_dtype(x)
-    stats = x.new_empty((x.shape[0], num_groups), dtype=sd)
+    stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x))
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
@@ -30,13 +76,8 @@ def _(x, weight, bias, num_groups, eps, activation, backend):
 def group_norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                    mean: Tensor, rstd: Tensor, num_groups: int, activation: str, backend: str
                    ) -> Tuple[Tensor, Tensor, Tensor]:
-    if x.numel() == 0:
-        dw = torch.zeros_like(weight) if weight is not None else empty_marker(x)
-        db = torch.zeros_like(bias) if bias is not None else empty_marker(x)
-        return torch.empty_like(x), dw, db
-    dy = laid_out_like(dy, x)
-    dx, dw, db = backend_module(backend).group_norm_bwd(dy, x, weight, bias, mean, rstd,
-                                                        num_groups, activation)
+    dx, dw, db = bwd(backend_module(backend), dy, x, weight, bias, mean, rstd, num_groups,
+                     activation)
     return dx, or_empty(dw, x), or_empty(db, x)
 
 
@@ -64,3 +105,37 @@ def _backward(ctx, dout, _dmean, _drstd):
 
 
 group_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def traced(x, weight, bias, num_groups, eps, activation, backend: str):
+    return group_norm_fwd(x, weight, bias, num_groups, eps, activation, backend)
+
+
+# InstanceNorm's running statistics, updated by the backend from the instance statistics of
+# one batch.  The eager path calls the backend function (in place); the traced path's op is
+# functional like fusednorm::batch_norm_fwd: the backend updates copies, which the traced
+# code copies back.
+@torch.library.custom_op("fusednorm::instance_norm_running", mutates_args=())
+def instance_norm_running(mean: Tensor, rstd: Tensor, running_mean: Optional[Tensor],
+                          running_var: Optional[Tensor], momentum: float, eps: float,
+                          spatial: int, backend: str) -> Tuple[Tensor, Tensor]:
+    rm = None if running_mean is None else running_mean.clone()
+    rv = None if running_var is None else running_var.clone()
+    backend_module(backend).instance_norm_running(mean, rstd, rm, rv, momentum, eps, spatial)
+    return or_empty(rm, mean), or_empty(rv, mean)
+
+
+@instance_norm_running.register_fake
+def _(mean, rstd, running_mean, running_var, momentum, eps, spatial, backend):
+    return tuple(mean.new_empty((0,)) if t is None else torch.empty_like(t)
+                 for t in (running_mean, running_var))
+
+
+def instance_norm_running_traced(mean, rstd, running_mean, running_var, momentum, eps,
+                                 spatial, backend: str):
+    new_rm, new_rv = instance_norm_running(mean, rstd, running_mean, running_var, momentum,
+                                           eps, spatial, backend)
+    with torch.no_grad():
+        for buf, new in ((running_mean, new_rm), (running_var, new_rv)):
+            if buf is not None:
+                buf.copy_(new)

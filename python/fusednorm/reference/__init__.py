@@ -8,11 +8,11 @@ the weight).  Arithmetic is float32 for fp16/bf16/fp32 inputs and float64 for fl
 import torch
 
 from .batch_norm import batch_norm_bwd, batch_norm_fwd
-from .group_norm import group_norm_bwd, group_norm_fwd
+from .group_norm import group_norm_bwd, group_norm_fwd, instance_norm_running
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 SUPPORTED = frozenset({"layer_norm", "group_norm", "batch_norm"})
 DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 
 __all__ = ["SUPPORTED", "DTYPES", "layer_norm_fwd", "layer_norm_bwd", "group_norm_fwd",
-           "group_norm_bwd", "batch_norm_fwd", "batch_norm_bwd"]
+           "group_norm_bwd", "instance_norm_running", "batch_norm_fwd", "batch_norm_bwd"]

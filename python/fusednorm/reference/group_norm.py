@@ -60,3 +60,16 @@ def group_norm_bwd(dy, x, weight, bias, mean, rstd, num_groups, activation):
     dw = (dz * xhat).sum(dim=red).to(weight.dtype) if weight is not None else None
     db = dz.sum(dim=red).to(bias.dtype) if bias is not None else None
     return dx, dw, db
+
+
+def instance_norm_running(mean, rstd, running_mean, running_var, momentum, eps, spatial):
+    """InstanceNorm's running statistics from the (N, C) instance statistics of one batch:
+    the batch average of the instance means and of the unbiased instance variances, the
+    variance recovered as 1/rstd^2 - eps (clamped at 0), all in float64."""
+    from .batch_norm import update_running
+
+    with torch.no_grad():
+        var = (rstd.double().reciprocal().square() - eps).clamp_min(0)
+        var_unbiased = (var * (spatial / (spatial - 1))).mean(0)
+        update_running(running_mean, running_var, mean.double().mean(0), var_unbiased,
+                       momentum, None)
