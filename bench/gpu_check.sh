@@ -115,6 +115,13 @@ BENCH_RC=$?
 log "bench: rc=$BENCH_RC; $(grep -c '' "$BENCH_LOG") log lines"
 grep -E "provider |copy bandwidth|error:|Traceback" "$BENCH_LOG" | head -20
 
+# ---- 3b. host cost per eager call, real launches (bench/bench_host.py; ~20 s) ---------------
+if [ "$(left)" -gt 30 ]; then
+  timeout $(min 60 $(( $(left) - 10 ))) $PY bench/bench_host.py --rounds 5 --calls 500 \
+    --json "$OUTD/host.json" > "$OUTD/host.md" 2>&1
+  log "host cost: rc=$?"; cat "$OUTD/host.md"
+fi
+
 # ---- 4. compact table (last) ----------------------------------------------------------------
 {
   echo "build: $BUILD | tests: rc=$TEST_RC ${TEST_LINE:-?} | bench: rc=$BENCH_RC | $(( $(date +%s) - T0 ))s"

@@ -82,6 +82,14 @@ def build_parser():
     return p
 
 
+def host_cost(extra=()):
+    """bench/bench_host.py in its own process (on a CPU it replaces Triton's launch entry
+    point with a no-op, which must not leak into anything else); returns its exit code."""
+    import subprocess
+    script = os.path.join(common.ROOT, "bench", "bench_host.py")
+    return subprocess.call([sys.executable, script, *extra])
+
+
 def main(argv=None, norms=None):
     args = build_parser().parse_args(argv)
     norm_list = list(norms) if norms and args.norms == ",".join(common.OPS) else parse_norms(args.norms)
@@ -94,8 +102,11 @@ def main(argv=None, norms=None):
         if args.selfcheck_only:
             return rc
         if args.device is None and device == "cpu":
-            print("\nThe microbenchmarks need a CUDA device: none here, so only the self-check ran "
-                  "(`--device cpu` runs the harness on the CPU, for testing it).")
+            print()
+            rc = host_cost() or rc
+            print("\nThe microbenchmarks need a CUDA device: none here, so only the self-check "
+                  "and the host-cost table ran (`--device cpu` runs the harness on the CPU, for "
+                  "testing it).")
             return rc
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")

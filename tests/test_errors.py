@@ -8,7 +8,8 @@ from _util import randn
 X = randn(2, 6, 4, seed=1)
 
 
-@pytest.mark.parametrize("call,exc,match", [
+# (call, exception, message pattern); tests/test_paths.py also runs each under torch.compile
+CASES = [
     (lambda: fusednorm.layer_norm(X, (5,)), ValueError,
      r"layer_norm: normalized_shape=\(5,\) does not match input of shape \(2, 6, 4\)"),
     (lambda: fusednorm.layer_norm(X, (2, 6, 4, 1)), ValueError, r"normalized_shape=.*expected"),
@@ -57,7 +58,14 @@ X = randn(2, 6, 4, seed=1)
      "running_mean and running_var are required when use_input_stats=False"),
     (lambda: fusednorm.layer_norm(X, 4, backend="tpu"), ValueError,
      r"backend='tpu'; expected None, 'auto' or one of"),
-])
+    (lambda: fusednorm.batch_norm(X, None, None, training=True, momentum=None), TypeError,
+     "momentum=None; expected a float"),
+    (lambda: fusednorm.batch_norm(X, None, None, training=True, momentum="0.1"), TypeError,
+     "momentum='0.1'; expected a float"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", CASES)
 def test_messages(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

@@ -40,3 +40,25 @@ def laid_out_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x, dtype=t.dtype)
     out.copy_(t)
     return out
+
+
+_C_APPLY = torch._C._FunctionBase.__dict__.get("apply")
+
+
+def fast_apply(fn_cls):
+    """``fn_cls.apply`` without the Python wrapper's per-call work (binding default arguments
+    for setup_context-style Functions, unwrapping functorch's dead wrappers): about 3 us of
+    an eager call.  That work matters only under functorch transforms (vmap, grad, ...),
+    which take the full ``apply``.  The eager Functions here define forward(ctx, ...) with
+    every argument passed, so nothing else changes."""
+    if _C_APPLY is None:  # a torch without the C entry point: the public one
+        return fn_cls.apply
+    bound = _C_APPLY.__get__(None, fn_cls)
+    transforms_active = torch._C._are_functorch_transforms_active
+
+    def apply(*args):
+        if transforms_active():
+            return fn_cls.apply(*args)
+        return bound(*args)
+
+    return apply

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import backend_module, laid_out_like, or_empty, stat_dtype
+from ._common import backend_module, fast_apply, laid_out_like, or_empty, stat_dtype
 
 
 # ------------------------------------------------------------------- the backend calls
@@ -40,34 +40,40 @@ def bwd(mod, dy, x, weight, bias, mean, rstd, training):
 
 # -------------------------------------------------------------------------- eager path
 class BatchNormFn(torch.autograd.Function):
-    """-> (out, mean, rstd, var); only out is differentiable."""
+    """-> out; the statistics (mean, rstd, var or None) go to ``sink``, a list."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, eps, momentum, nbt,
-                mod):
+                mod, sink):
         out, mean, rstd, var = fwd(mod, x, weight, bias, running_mean, running_var, training,
                                    eps, momentum, nbt)
-        ctx.mod, ctx.training, ctx.has_bias = mod, training, bias is not None
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        sink += (mean, rstd, var)
+        ctx.mod, ctx.training, ctx.bias = mod, training, bias  # bias: presence and dtype only
+        ctx.save_for_backward(x, weight, mean, rstd)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(*(t for t in (mean, rstd, var) if t is not None))
-        return out, mean, rstd, var
+        return out
 
     @staticmethod
-    def backward(ctx, dout, _dmean, _drstd, _dvar):
+    def backward(ctx, dout):
         if dout is None:
-            return (None,) * 10
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        dx, dw, db = bwd(ctx.mod, dout, x, weight, bias, mean, rstd, ctx.training)
-        return (dx, dw, db) + (None,) * 7
+            return (None,) * 11
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = bwd(ctx.mod, dout, x, weight, ctx.bias, mean, rstd, ctx.training)
+        return (dx, dw, db) + (None,) * 8
+
+
+_apply = fast_apply(BatchNormFn)
 
 
 def eager(x, weight, bias, running_mean, running_var, training, eps, momentum, nbt, mod):
+    """-> (out, mean, rstd, var or None); no autograd bookkeeping without grad."""
     if torch.is_grad_enabled() and (x.requires_grad or (
             weight is not None and weight.requires_grad) or (
             bias is not None and bias.requires_grad)):
-        return BatchNormFn.apply(x, weight, bias, running_mean, running_var, training, eps,
-                                 momentum, nbt, mod)
+        stats = []
+        out = _apply(x, weight, bias, running_mean, running_var, training, eps, momentum, nbt,
+                     mod, stats)
+        return out, stats[0], stats[1], stats[2]
     return fwd(mod, x, weight, bias, running_mean, running_var, training, eps, momentum, nbt)
 
 

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import backend_module, laid_out_like, opt, or_empty, stat_dtype
+from ._common import backend_module, fast_apply, laid_out_like, opt, or_empty, stat_dtype
 
 
 # ------------------------------------------------------------------- the backend calls
@@ -28,32 +28,38 @@ def bwd(mod, dy, x, weight, bias, mean, rstd, num_groups, activation):
 
 # -------------------------------------------------------------------------- eager path
 class GroupNormFn(torch.autograd.Function):
-    """-> (out, mean, rstd); only out is differentiable."""
+    """-> out; the statistics (mean, rstd) go to ``sink``, a list, instead of being outputs."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps, activation, mod):
+    def forward(ctx, x, weight, bias, num_groups, eps, activation, mod, sink):
         out, mean, rstd = fwd(mod, x, weight, bias, num_groups, eps, activation)
+        sink += (mean, rstd)
         ctx.mod, ctx.num_groups, ctx.activation = mod, num_groups, activation
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(mean, rstd)
-        return out, mean, rstd
+        return out
 
     @staticmethod
-    def backward(ctx, dout, _dmean, _drstd):
+    def backward(ctx, dout):
         if dout is None:
-            return None, None, None, None, None, None, None
+            return (None,) * 8
         x, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dw, db = bwd(ctx.mod, dout, x, weight, bias, mean, rstd, ctx.num_groups,
                          ctx.activation)
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None, None, None, None
+
+
+_apply = fast_apply(GroupNormFn)
 
 
 def eager(x, weight, bias, num_groups, eps, activation, mod):
+    """-> (out, mean, rstd); no autograd bookkeeping when nothing needs a gradient."""
     if torch.is_grad_enabled() and (x.requires_grad or (
             weight is not None and weight.requires_grad) or (
             bias is not None and bias.requires_grad)):
-        return GroupNormFn.apply(x, weight, bias, num_groups, eps, activation, mod)
+        stats = []
+        out = _apply(x, weight, bias, num_groups, eps, activation, mod, stats)
+        return out, stats[0], stats[1]
     return fwd(mod, x, weight, bias, num_groups, eps, activation)
 
 

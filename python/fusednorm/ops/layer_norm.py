@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .._layout import as_rows, dense
-from ._common import backend_module, opt, or_empty, stat_dtype
+from ._common import backend_module, fast_apply, opt, or_empty, stat_dtype
 
 
 # ------------------------------------------------------------------- the backend calls
@@ -52,41 +52,43 @@ def _fwd_shaped(mod, input, residual, weight, bias, eps, rms, nd):
 class LayerNormFn(torch.autograd.Function):
     """Eager autograd for LN/RMS: forward and backward call the backend directly, on the N-D
     tensors themselves (the (M, N) views are taken inside, where they cost no autograd
-    node).  -> (out, xsum or None, mean or None, rstd); only out and xsum are
-    differentiable."""
+    node).  -> out, or (out, xsum) with a residual; the statistics (mean or None, rstd) go
+    to ``sink``, a list, instead of being outputs (fewer outputs, less autograd work)."""
 
     @staticmethod
-    def forward(ctx, input, residual, weight, bias, eps, rms, mod, nd):
+    def forward(ctx, input, residual, weight, bias, eps, rms, mod, nd, sink):
         outs, (xs, w, b) = _fwd_shaped(mod, input, residual, weight, bias, eps, rms, nd)
-        mean, rstd = outs[2], outs[3]
+        sink += outs[2:]
         ctx.mod, ctx.rms, ctx.has_residual = mod, rms, residual is not None
-        ctx.shapes = (input.shape, None if weight is None else weight.shape,
-                      None if bias is None else bias.shape)
-        ctx.save_for_backward(xs, w, b, mean, rstd)
+        # bias is only needed for its presence and dtype (dbias), not saved as a tensor
+        ctx.bias, ctx.shapes = b, (input.shape, None if weight is None else weight.shape,
+                                   None if bias is None else bias.shape)
+        ctx.save_for_backward(xs, w, outs[2], outs[3])
         ctx.set_materialize_grads(False)
-        if mean is None:
-            ctx.mark_non_differentiable(rstd)
-        else:
-            ctx.mark_non_differentiable(mean, rstd)
-        return outs
+        return outs[:2] if residual is not None else outs[0]
 
     @staticmethod
-    def backward(ctx, dout, dxsum, _dmean, _drstd):
+    def backward(ctx, dout, dxsum=None):
         if dout is None and dxsum is None:
-            return (None,) * 8
-        xs, w, b, mean, rstd = ctx.saved_tensors
+            return (None,) * 9
+        xs, w, mean, rstd = ctx.saved_tensors
         shape, wshape, bshape = ctx.shapes
         m_n = xs.shape
-        dx, dw, db = bwd(ctx.mod, None if dout is None else dout.reshape(m_n),
-                         dxsum.reshape(m_n) if ctx.has_residual and dxsum is not None else None,
-                         xs, w, b, mean, rstd, ctx.rms)
+        if dout is not None and dout.shape != m_n:
+            dout = dout.reshape(m_n)
+        if dxsum is not None and dxsum.shape != m_n:
+            dxsum = dxsum.reshape(m_n)
+        dx, dw, db = bwd(ctx.mod, dout, dxsum, xs, w, ctx.bias, mean, rstd, ctx.rms)
         if dx.shape != shape:
             dx = dx.view(shape)
         if dw is not None and dw.shape != wshape:
             dw = dw.view(wshape)
         if db is not None and db.shape != bshape:
             db = db.view(bshape)
-        return (dx, dx if ctx.has_residual else None, dw, db, None, None, None, None)
+        return (dx, dx if ctx.has_residual else None, dw, db, None, None, None, None, None)
+
+
+_apply = fast_apply(LayerNormFn)
 
 
 def eager(input, residual, weight, bias, eps, rms, mod, nd):
@@ -96,7 +98,11 @@ def eager(input, residual, weight, bias, eps, rms, mod, nd):
             residual is not None and residual.requires_grad) or (
             weight is not None and weight.requires_grad) or (
             bias is not None and bias.requires_grad)):
-        return LayerNormFn.apply(input, residual, weight, bias, eps, rms, mod, nd)
+        stats = []
+        out = _apply(input, residual, weight, bias, eps, rms, mod, nd, stats)
+        if residual is not None:
+            return out[0], out[1], stats[0], stats[1]
+        return out, None, stats[0], stats[1]
     return _fwd_shaped(mod, input, residual, weight, bias, eps, rms, nd)[0]
 
 
