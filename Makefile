@@ -20,6 +20,11 @@ setup:
 		$(PY) -m pip install -q -r requirements-ci.txt; }
 	@$(PY) -c "import triton, numpy, pytest, pytest_timeout, matplotlib, sklearn, pandas" 2>/dev/null || \
 		$(PY) -m pip install -q -r requirements-ci.txt
+	@$(PY) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in \
+		('transformers', 'timm', 'diffusers')))" 2>/dev/null || { \
+		echo "[setup] installing the model libraries (optional test dependencies)"; \
+		$(PY) -m pip install -q -r requirements-models.txt || { [ -z "$$CI" ] || exit 1; \
+		echo "[setup] model libraries not installed: tests/test_adapters.py will skip"; }; }
 	@$(PY) -c "import fusednorm" 2>/dev/null || \
 		$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 

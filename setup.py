@@ -54,6 +54,7 @@ setup(
     version="0.1.0",
     description="Fused normalization kernels (Triton, CUDA C++, PyTorch reference) for PyTorch",
     packages=["fusednorm", "fusednorm.reference", "fusednorm.ops", "fusednorm.backends",
+              "fusednorm.adapters",
               "fusednorm.kernels"],
     package_dir={"fusednorm": "python/fusednorm", "fusednorm.kernels": "kernels"},
     python_requires=">=3.10",
