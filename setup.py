@@ -57,6 +57,7 @@ setup(
               "fusednorm.adapters",
               "fusednorm.kernels"],
     package_dir={"fusednorm": "python/fusednorm", "fusednorm.kernels": "kernels"},
+    package_data={"fusednorm.kernels": ["tuned_configs.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={

@@ -37,11 +37,35 @@ def resource_usage(cubin: bytes):
     return regs, local, stack
 
 
-def compile_kernel(fn, signature: dict, constexprs: dict, arch: int, num_warps: int = 4):
+def specialization(fn, signature: dict, divisible=None):
+    """The ``attrs`` Triton derives at launch time: pointers 16-byte aligned (torch's
+    allocations are) and the integer arguments named in ``divisible`` (values that are
+    multiples of 16 at run time, e.g. N = 4096 or a row stride) marked tt.divisibility=16.
+    ``divisible=None`` marks pointers only.  Without these a compile shows scalar loads
+    that the GPU run never has."""
+    names = list(fn.arg_names)
+    attrs = {}
+    for name, ty in signature.items():
+        if ty.startswith("*") or (divisible and name in divisible and ty in ("i32", "i64")):
+            attrs[(names.index(name),)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def compile_cubin(fn, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
+                  divisible=None, num_stages=None):
+    """triton.compile for sm_<arch> with the launch-time specialization; the CompiledKernel."""
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                    attrs=specialization(fn, signature, divisible))
+    options = {"num_warps": num_warps}
+    if num_stages is not None:
+        options["num_stages"] = num_stages
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def compile_kernel(fn, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
+                   divisible=None):
     """Compile ``fn`` for sm_<arch>; returns a dict with regs, local/stack bytes, shared."""
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps})
+    kernel = compile_cubin(fn, signature, constexprs, arch, num_warps, divisible)
     regs, local, stack = resource_usage(kernel.asm["cubin"])
     info = {"name": kernel.metadata.name, "arch": arch, "num_warps": num_warps, "regs": regs,
             "local_bytes": local, "stack_bytes": stack, "shared": kernel.metadata.shared}

@@ -1,0 +1,60 @@
+"""Tuned launch parameters: a table measured on a GPU by ``bench/tune.py`` and read by the
+launch heuristics (``kernels/*_config.py``).  The analytic heuristic stays the answer for
+every shape, dtype or device the table does not list.
+
+The table is ``kernels/tuned_configs.json``:
+
+    {"version": 1,
+     "runs": {"sm90": {"device": "NVIDIA H200", "date": ..., "commit": ..., "triton": ...}},
+     "entries": {"<family>": {"<arch>|<key>": {<config fields>}, ...}, ...}}
+
+``family`` names one launcher's configuration (e.g. "layer_norm_fwd"), ``arch`` the compute
+capability the row was measured on ("sm90"; see ``arch_of``) and ``key`` a string the family's
+config module builds from the launch's shape class (e.g. "bf16|4096").  A config module:
+
+* ``candidates(...)``: the configurations ``bench/tune.py`` may time for one case (each must
+  be valid for the launcher's ``config=`` argument);
+* in its heuristic, ``lookup(family, arch, key)`` first, the analytic choice otherwise.
+
+Read once, lazily (no file access at import); pure Python, no device queries here.
+"""
+import functools
+import json
+import os
+from typing import Optional
+
+TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_configs.json")
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> dict:
+    try:
+        with open(TABLE) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    if data.get("version") != 1:
+        return {}
+    return data.get("entries", {})
+
+
+def lookup(family: str, arch: str, key: str) -> Optional[dict]:
+    """The tuned config fields for (family, arch, key), or None."""
+    return _table().get(family, {}).get(f"{arch}|{key}")
+
+
+@functools.lru_cache(maxsize=64)
+def _arch_of_index(index: int) -> str:
+    import torch
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm{major}{minor}"
+
+
+def arch_of(device) -> str:
+    """"sm90" for a CUDA device of compute capability 9.0; "cpu" otherwise (the
+    interpreter, whose table entries never exist)."""
+    if getattr(device, "type", device) != "cuda":
+        return "cpu"
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _arch_of_index(index)
