@@ -58,3 +58,26 @@ def arch_of(device) -> str:
     import torch
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _arch_of_index(index)
+
+
+class TuneTarget:
+    """One thing ``bench/tune.py`` times: a family's launch for one benchmark case.
+
+    family:     the table's family name (e.g. "layer_norm_fwd")
+    key:        the shape-class key the family's heuristic looks up (e.g. "bf16|4096")
+    candidates: configurations to time (dataclass instances; the first is the heuristic's
+                own choice); each must be accepted by ``run``
+    run:        run(config) launches the family's kernel(s) once on inputs the target
+                allocated on the device (no allocation of large tensors inside run)
+    nbytes:     bytes the launch moves by the op's bytes model (for GB/s in the report)
+
+    A kernel module offers ``tune_targets(op, shape, dtype, layout, device) -> [TuneTarget]``
+    for the benchmark cases of its op (bench/bench_<norm>.py); the winner's fields are
+    stored as ``dataclasses.asdict(config)`` and rebuilt as ``type(config)(**fields)``.
+    """
+
+    __slots__ = ("family", "key", "candidates", "run", "nbytes")
+
+    def __init__(self, family, key, candidates, run, nbytes=0):
+        self.family, self.key, self.candidates, self.run = family, key, list(candidates), run
+        self.nbytes = nbytes
