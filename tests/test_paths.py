@@ -272,6 +272,36 @@ def test_batch_norm_module_launches(momentum, monkeypatch):
 
 
 # ------------------------------------------------------------------------- compile first
+def test_trace_time_choice_is_marked_as_torch_marks_it():
+    """_backend marks its trace-time backend choice constant by the attribute
+    torch.compiler.assume_constant_result sets (the decorator would import torch._dynamo
+    at `import fusednorm`); if torch changes the mechanism, this fails."""
+    from fusednorm import _backend
+
+    def probe():
+        return 0
+
+    marked = torch.compiler.assume_constant_result(probe)
+    attrs = {k: v for k, v in vars(marked).items()}
+    assert attrs == {"_dynamo_marked_constant": True}, attrs
+    assert _backend._choose_at_trace_time._dynamo_marked_constant is True
+
+
+def test_import_is_light():
+    """import fusednorm loads neither torch._dynamo (2.5 s) nor triton nor a kernel backend,
+    nor any model or plotting library."""
+    code = ("import sys, fusednorm; heavy = [m for m in ('torch._dynamo', 'triton', "
+            "'fusednorm.kernels', 'fusednorm.backends.triton', 'fusednorm.backends.cuda', "
+            "'transformers', 'timm', 'diffusers', 'matplotlib', 'pandas') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+
 _COMPILE_FIRST = r"""
 import os, sys, torch
 if not torch.cuda.is_available():

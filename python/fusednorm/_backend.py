@@ -126,7 +126,6 @@ def resolve(fn: str, op: str, backend: Optional[str], x: torch.Tensor) -> str:
     return resolve_module(fn, op, backend, x)[0]
 
 
-@torch.compiler.assume_constant_result
 def _choose_at_trace_time(op: str, backend: Optional[str], device_type: str, dtype):
     """_choose for a traced call: run by Dynamo outside the graph (it may import a backend),
     its result baked into the graph.  Returns (name, error class name, message)."""
@@ -134,6 +133,11 @@ def _choose_at_trace_time(op: str, backend: Optional[str], device_type: str, dty
     name, err = _choose(op, request, device_type, dtype)
     return (name, "", "") if name is not None else (None, err[0].__name__, err[1])
 
+
+# torch.compiler.assume_constant_result(_choose_at_trace_time), without its cost: the public
+# decorator imports torch._dynamo (about 2.5 s) just to set this attribute, and nothing may be
+# heavy at `import fusednorm`.  tests/test_paths.py checks the decorator still sets exactly it.
+_choose_at_trace_time._dynamo_marked_constant = True
 
 _ERRORS = {"ValueError": ValueError, "RuntimeError": RuntimeError}
 
