@@ -7,7 +7,7 @@ import sys
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import Case  # noqa: E402
+from bench.cases import Case  # noqa: E402
 
 FULL = [
     ((8, 320, 64, 64), "SD-1.5 UNet 512px, batch 8, level 0"),

@@ -7,7 +7,7 @@ import sys
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import Case  # noqa: E402
+from bench.cases import Case  # noqa: E402
 
 FULL = [
     ((16, 32, 256, 256), "fast style transfer 256px, batch 16, conv1"),

@@ -28,7 +28,7 @@ if not __package__:  # run as a script: make the repository root importable
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.common import collect_meta  # noqa: E402
+from bench.meta import collect_meta  # noqa: E402
 from fusednorm import monitor  # noqa: E402
 
 

@@ -3,7 +3,8 @@
     python bench/run.py [--quick] [--norms ln,rms,gn,in,bn] [--providers a,b] [--out DIR]
     python -m bench ...
 
-With a CUDA device: measures the copy bandwidth, then every case x provider x pass, and writes
+With a CUDA device: measures the copy bandwidth, then every case x provider x pass -- wall time
+(do_bench) and kernel-only time (CUDA graph replay, else the profiler) -- and writes
 results.json, results.csv, table.md and plots into --out / $FUSEDNORM_OUT / bench/out/<date>.
 Without one: runs the correctness self-check of every available backend (bench/selfcheck.py)
 and says that the microbenchmarks need a CUDA device (``--device cpu`` runs the harness on the
@@ -24,51 +25,35 @@ if not torch.cuda.is_available():
     # function exists (i.e. before fusednorm is imported).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench import common  # noqa: E402
-
-NORM_MODULES = {"layer_norm": "bench_layer_norm", "rms_norm": "bench_layer_norm",
-                "group_norm": "bench_group_norm", "instance_norm": "bench_instance_norm",
-                "batch_norm": "bench_batch_norm"}
-
-
-def parse_norms(text):
-    out = []
-    for t in (x.strip().lower() for x in text.split(",") if x.strip()):
-        op = common.OP_ALIASES.get(t, t)
-        if op not in common.OPS:
-            raise SystemExit(f"--norms: unknown norm {t!r}; expected some of "
-                             f"{', '.join(list(common.OP_ALIASES) + list(common.OPS))}")
-        if op not in out:
-            out.append(op)
-    return out
-
-
-def get_cases(norms, quick):
-    import importlib
-    cases = []
-    for mod in dict.fromkeys(NORM_MODULES[n] for n in norms):
-        cases += [c for c in importlib.import_module(f"bench.{mod}").cases(quick) if c.op in norms]
-    return cases
+from bench.cases import OPS, ROOT, get_cases, parse_norms  # noqa: E402
+from bench.providers import DEFAULT_PROVIDERS, PROVIDERS  # noqa: E402
+from bench.runner import run_cases  # noqa: E402
+from bench.timing import KERNEL_METHODS  # noqa: E402
 
 
 def default_out():
     return os.environ.get("FUSEDNORM_OUT") or os.path.join(
-        common.ROOT, "bench", "out", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        ROOT, "bench", "out", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the small subset (< 4 min on an H100)")
-    p.add_argument("--norms", default=",".join(common.OPS),
+    p.add_argument("--norms", default=",".join(OPS),
                    help="comma list of ln, rms, gn, in, bn (or full names); default all")
     p.add_argument("--providers", default=None,
-                   help=f"comma list among {', '.join(common.PROVIDERS)}; default "
-                        f"{','.join(common.DEFAULT_PROVIDERS)} (CUDA) / fusednorm-torch,torch (CPU)")
+                   help=f"comma list among {', '.join(PROVIDERS)}; default "
+                        f"{','.join(DEFAULT_PROVIDERS)} (CUDA) / fusednorm-torch,torch (CPU)")
     p.add_argument("--out", default=None, help="output folder (default $FUSEDNORM_OUT or bench/out/<date>)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="default: cuda when available; cpu runs the harness with a CPU timer")
     p.add_argument("--warmup-ms", type=float, default=10.0)
     p.add_argument("--rep-ms", type=float, default=40.0)
+    p.add_argument("--kernel-time", choices=KERNEL_METHODS, default="auto",
+                   help="kernel-only time next to the wall time: auto (CUDA graph replay, else "
+                        "the profiler's device time), graph, profiler or off (default auto)")
+    p.add_argument("--kernel-rep-ms", type=float, default=None,
+                   help="do_bench rep of the graph replays (default: half of --rep-ms)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds (rows say so)")
     p.add_argument("--compile-budget-s", type=float, default=None,
@@ -86,13 +71,13 @@ def host_cost(extra=()):
     """bench/bench_host.py in its own process (on a CPU it replaces Triton's launch entry
     point with a no-op, which must not leak into anything else); returns its exit code."""
     import subprocess
-    script = os.path.join(common.ROOT, "bench", "bench_host.py")
+    script = os.path.join(ROOT, "bench", "bench_host.py")
     return subprocess.call([sys.executable, script, *extra])
 
 
 def main(argv=None, norms=None):
     args = build_parser().parse_args(argv)
-    norm_list = list(norms) if norms and args.norms == ",".join(common.OPS) else parse_norms(args.norms)
+    norm_list = list(norms) if norms and args.norms == ",".join(OPS) else parse_norms(args.norms)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rc = 0
     if args.selfcheck or args.selfcheck_only or (device == "cpu" and args.device is None):
@@ -111,7 +96,7 @@ def main(argv=None, norms=None):
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     providers = (args.providers.split(",") if args.providers else
-                 list(common.DEFAULT_PROVIDERS) if device == "cuda" else ["fusednorm-torch", "torch"])
+                 list(DEFAULT_PROVIDERS) if device == "cuda" else ["fusednorm-torch", "torch"])
     cases = get_cases(norm_list, args.quick)
     compile_budget = args.compile_budget_s
     if compile_budget is None and args.budget_s is not None:
@@ -119,9 +104,10 @@ def main(argv=None, norms=None):
     out = args.out or default_out()
     print(f"{len(cases)} cases ({'quick' if args.quick else 'full'}), norms {','.join(norm_list)}, "
           f"providers {','.join(providers)} -> {out}", flush=True)
-    common.run_cases(cases, providers, device, out, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
-                     budget_s=args.budget_s, compile_budget_s=compile_budget,
-                     progress=not args.no_progress, plots=not args.no_plots)
+    run_cases(cases, providers, device, out, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
+              budget_s=args.budget_s, compile_budget_s=compile_budget,
+              progress=not args.no_progress, plots=not args.no_plots,
+              kernel_method=args.kernel_time, kernel_rep_ms=args.kernel_rep_ms)
     from bench.summary import print_summary
     print_summary(out)
     return rc

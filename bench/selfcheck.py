@@ -1,7 +1,8 @@
 """Correctness self-check of every available fusednorm backend against the reference.
 
-For each norm, forward and backward of backend X (in fp32 and bf16) are compared with backend
-"torch" computed in float64 on the same values. Error = max |X - ref| / max(1, max |ref|) over
+For each norm, forward and backward of backend X (in fp32 and bf16) are compared with the
+reference backend ("reference"; "torch" in trees before the backend split) computed in float64
+on the same values. Error = max |X - ref| / max(1, max |ref|) over
 the output and every input gradient; the table shows the forward and backward errors, or why
 a backend is unavailable. ``python bench/selfcheck.py [--device cpu|cuda]``.
 """
@@ -16,7 +17,8 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before fusednorm creates @triton.jit kernels
 
-from bench.common import OPS, fusednorm_backends, import_fusednorm  # noqa: E402
+from bench.cases import OPS  # noqa: E402
+from bench.providers import fusednorm_backends, import_fusednorm, reference_backend  # noqa: E402
 
 # Small, awkward shapes: odd sizes, rows that are not a power of two.
 SHAPES = {"layer_norm": (37, 200), "rms_norm": (37, 200), "group_norm": (3, 12, 5, 7),
@@ -79,13 +81,14 @@ def selfcheck(device=None, norms=OPS, dtypes=("fp32", "bf16"), verbose=True):
         fn = None
         why = f"{type(e).__name__}: {e}"
         all_ok = False  # nothing could be checked: that is not a pass
+    ref_be = reference_backend()
     for op in norms:
         ref = None
-        if fn is not None and avail.get("torch") is True:
+        if fn is not None and avail.get(ref_be) is True:
             try:
-                ref = _run(fn, op, "torch", torch.float64, device)
+                ref = _run(fn, op, ref_be, torch.float64, device)
             except Exception as e:  # noqa: BLE001
-                notes.append(f"{op} reference (backend 'torch', float64): {type(e).__name__}: {e}"
+                notes.append(f"{op} reference (backend {ref_be!r}, float64): {type(e).__name__}: {e}"
                              .splitlines()[0][:200])
                 ref = f"reference failed [{len(notes)}]"
         for dt in dtypes:
@@ -115,7 +118,7 @@ def selfcheck(device=None, norms=OPS, dtypes=("fp32", "bf16"), verbose=True):
                     results[(op, dt, be)] = f"ERROR [{len(notes)}]"
     if verbose:
         backends = list(avail)
-        print(f"fusednorm self-check on {device}: each backend vs backend 'torch' in float64 "
+        print(f"fusednorm self-check on {device}: each backend vs backend {ref_be!r} in float64 "
               f"(error relative to max(1, max|ref|); tolerance fp32 {TOL['fp32']}, bf16 {TOL['bf16']})")
         w = max([12] + [len(v) for v in results.values()])
         print(f"{'norm':14s} {'dtype':5s} " + " ".join(f"{b:{w}s}" for b in backends))

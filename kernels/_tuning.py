@@ -17,6 +17,8 @@ config module builds from the launch's shape class (e.g. "bf16|4096").  A config
 * in its heuristic, ``lookup(family, arch, key)`` first, the analytic choice otherwise.
 
 Read once, lazily (no file access at import); pure Python, no device queries here.
+``$FUSEDNORM_TUNED_CONFIGS`` names another table ("off": none, the analytic heuristics
+everywhere); it is read at each lookup, not at import.
 """
 import functools
 import json
@@ -24,18 +26,39 @@ import os
 from typing import Optional
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_configs.json")
+TABLE_ENV = "FUSEDNORM_TUNED_CONFIGS"
 
 
-@functools.lru_cache(maxsize=1)
-def _table() -> dict:
+def table_path() -> Optional[str]:
+    """The table lookups read: ``$FUSEDNORM_TUNED_CONFIGS`` when set and not empty, None when
+    it says "off", else ``TABLE``."""
+    path = os.environ.get(TABLE_ENV)
+    if not path:
+        return TABLE
+    return None if path.lower() in ("off", "none", "0") else path
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> dict:
     try:
-        with open(TABLE) as f:
+        with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
         return {}
     if data.get("version") != 1:
         return {}
     return data.get("entries", {})
+
+
+def _table() -> dict:
+    path = table_path()
+    return {} if path is None else _load(path)
+
+
+def reload() -> None:
+    """Forget the tables read so far (after ``bench/tune.py`` rewrote one in this process).
+    Config functions that cache their own answers keep them."""
+    _load.cache_clear()
 
 
 def lookup(family: str, arch: str, key: str) -> Optional[dict]:
@@ -74,6 +97,10 @@ class TuneTarget:
     A kernel module offers ``tune_targets(op, shape, dtype, layout, device) -> [TuneTarget]``
     for the benchmark cases of its op (bench/bench_<norm>.py); the winner's fields are
     stored as ``dataclasses.asdict(config)`` and rebuilt as ``type(config)(**fields)``.
+    bench/tune.py calls it with op "layer_norm" | "rms_norm" | "group_norm" | "instance_norm"
+    | "batch_norm", shape a tuple (LN/RMS (M, N); else (N, C, *spatial)), dtype a
+    torch.dtype, layout "rows" | "nchw" | "nhwc", device a torch.device; GroupNorm cases add
+    ``num_groups=`` when the function has such a parameter (or **kwargs).
     """
 
     __slots__ = ("family", "key", "candidates", "run", "nbytes")

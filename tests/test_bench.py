@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import common  # noqa: E402
-from bench.common import Case, bytes_model, case_bytes  # noqa: E402
+from bench import cases, inputs, providers, report, runner, timing  # noqa: E402
+from bench.cases import Case, bytes_model, case_bytes  # noqa: E402
 
 M, N = 16384, 4096
 NUMEL = M * N
@@ -64,15 +64,20 @@ def test_bytes_model_conv_norms():
 def _rows():
     meta = {"gpu": "TestGPU", "torch": "t", "triton": "tr", "cuda": "c", "commit": "abc", "date": "d"}
     case = Case("layer_norm", (M, N), "bf16", model="Llama")
-    rows = [common._row(case, "fwd", p, "ok", meta, ms=ms, max_err=0.0, first_call_s=0.1)
+    # wall ms, then the kernel-only time and how it was measured
+    kt = {"torch": (0.35, "cuda-graph", None),
+          "torch.compile": (0.25, "profiler", "graph capture failed: RuntimeError: boom"),
+          "fusednorm-triton": (0.16, "cuda-graph", None)}
+    rows = [runner.make_row(case, "fwd", p, "ok", meta, ms=ms, max_err=0.0, first_call_s=0.1,
+                            kernel_ms=kt[p][0], kernel_method=kt[p][1], kernel_note=kt[p][2])
             for p, ms in (("torch", 0.4), ("torch.compile", 0.3), ("fusednorm-triton", 0.2))]
-    rows.append(common._row(case, "fwd", "liger", "skipped: liger not importable", meta))
+    rows.append(runner.make_row(case, "fwd", "liger", "skipped: liger not importable", meta))
     return meta, rows
 
 
 def test_derived_gbps_pct_speedup():
     meta, rows = _rows()
-    common.add_derived(rows, copy_gbps=2000.0)
+    runner.add_derived(rows, copy_gbps=2000.0)
     tri = rows[2]
     b = 268_451_840
     assert tri["bytes"] == b
@@ -82,32 +87,52 @@ def test_derived_gbps_pct_speedup():
     assert tri["speedup_compile"] == pytest.approx(1.5)
     assert rows[0]["speedup_eager"] == pytest.approx(1.0)
     assert rows[3]["gbps"] is None and rows[3]["speedup_eager"] is None
+    # kernel-only time: its own GB/s and % of copy; the speed-ups stay on wall time
+    assert tri["kernel_gbps"] == pytest.approx(b / 0.16e-3 / 1e9)     # 1677.8 GB/s
+    assert tri["kernel_pct_copy"] == pytest.approx(100 * b / 0.16e-3 / 1e9 / 2000.0)
+    assert rows[1]["kernel_gbps"] == pytest.approx(b / 0.25e-3 / 1e9)
+    assert rows[3]["kernel_gbps"] is None and rows[3]["kernel_pct_copy"] is None
+
+
+def test_derived_without_kernel_time():
+    """A row whose kernel time is missing (CPU, or both methods failed) keeps its wall numbers."""
+    case = Case("rms_norm", (4, 32), "fp32")
+    r = runner.make_row(case, "fwd", "torch", "ok", {}, ms=0.5, kernel_method="n/a (cpu)")
+    runner.add_derived([r], copy_gbps=100.0)
+    assert r["gbps"] > 0 and r["pct_copy"] > 0
+    assert r["kernel_ms"] is None and r["kernel_gbps"] is None and r["kernel_pct_copy"] is None
 
 
 def test_markdown_table():
     meta, rows = _rows()
-    common.add_derived(rows, copy_gbps=2000.0)
-    md = common.rows_to_markdown(rows, dict(meta, copy_gbps=2000.0, copy_bytes=2**31))
+    runner.add_derived(rows, copy_gbps=2000.0)
+    md = report.rows_to_markdown(rows, dict(meta, copy_gbps=2000.0, copy_bytes=2**31))
     assert "TestGPU" in md and "2000.0 GB/s" in md
     line = next(ln for ln in md.splitlines() if "fusednorm-triton" in ln)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells == ["fwd", "16384x4096", "bf16", "rows", "—", "fusednorm-triton", "0.2000",
-                     "1342.3", "67.1", "2.00×", "1.50×"]
+                     "1342.3", "67.1", "0.1600", "1677.8", "83.9", "cuda-graph", "2.00×", "1.50×"]
+    header = next(ln for ln in md.splitlines() if ln.startswith("| pass |"))
+    assert [c.strip() for c in header.strip("|").split("|")][6:13] == [
+        "wall ms", "wall GB/s", "wall % copy", "kernel ms", "kernel GB/s", "kernel % copy", "kernel by"]
     assert "liger layer_norm: skipped: liger not importable (1 rows)" in md
+    # a fallback from the CUDA graph is listed with its reason
+    assert ("torch.compile layer_norm: kernel time by profiler (graph capture failed: "
+            "RuntimeError: boom) (1 rows)") in md
 
 
 def test_csv_json_round_trip(tmp_path):
     meta, rows = _rows()
-    common.add_derived(rows, copy_gbps=2000.0)
-    common.write_csv(tmp_path / "r.csv", rows)
-    common.write_json(tmp_path / "r.json", meta, rows)
-    back_csv = common.read_csv(tmp_path / "r.csv")
-    meta2, back_json = common.read_json(tmp_path / "r.json")
+    runner.add_derived(rows, copy_gbps=2000.0)
+    report.write_csv(tmp_path / "r.csv", rows)
+    report.write_json(tmp_path / "r.json", meta, rows)
+    back_csv = report.read_csv(tmp_path / "r.csv")
+    meta2, back_json = report.read_json(tmp_path / "r.json")
     assert meta2 == meta
     assert back_json == rows
     assert len(back_csv) == len(rows)
     for a, b in zip(back_csv, rows):
-        for k in common.ROW_FIELDS:
+        for k in report.ROW_FIELDS:
             if isinstance(b[k], float):
                 assert a[k] == pytest.approx(b[k], rel=1e-12), k
             else:
@@ -117,26 +142,114 @@ def test_csv_json_round_trip(tmp_path):
 def test_summary_lines():
     from bench.summary import format_summary
     meta, rows = _rows()
-    common.add_derived(rows, copy_gbps=2000.0)
+    runner.add_derived(rows, copy_gbps=2000.0)
     text = format_summary(dict(meta, copy_gbps=2000.0), rows)
     last = text.splitlines()
-    assert last[-1].split()[:5] == ["layer_norm", "fwd", "torch.compile", f"{268_451_840 / 0.3e-3 / 1e9:.1f}",
-                                    f"{100 * 268_451_840 / 0.3e-3 / 1e9 / 2000:.1f}"]
+    b = 268_451_840
+    assert last[-1].split() == ["layer_norm", "fwd", "torch.compile", f"{b / 0.3e-3 / 1e9:.1f}",
+                                f"{100 * b / 0.3e-3 / 1e9 / 2000:.1f}",     # wall
+                                f"{b / 0.25e-3 / 1e9:.1f}",
+                                f"{100 * b / 0.25e-3 / 1e9 / 2000:.1f}",    # kernel
+                                "1.33", "1.00", "1"]
     assert any("copy bandwidth: 2000.0 GB/s" in ln for ln in last)
+    assert any(ln.startswith("kernel time by: cuda-graph (2 rows), profiler (1 rows)") for ln in last)
 
 
 def test_rotating_buffers_span_l2():
     small = Case("layer_norm", (1024, 1024), "bf16")            # 2 MiB x (x, dy)
-    assert common.n_rotating(small, "cpu") == 1
+    assert inputs.n_rotating(small, "cpu") == 1
     if torch.cuda.is_available():
-        k = common.n_rotating(small, "cuda")
-        assert k * small.numel * 2 * 2 >= 2 * common.l2_bytes("cuda") or k == 64
+        k = inputs.n_rotating(small, "cuda")
+        assert k * small.numel * 2 * 2 >= 2 * inputs.l2_bytes("cuda") or k == 64
 
 
 def test_cpu_timer_is_a_median():
     calls = []
-    ms = common.time_cpu(lambda: calls.append(1), warmup_ms=0, rep_ms=0, min_iters=5)
+    ms = timing.time_cpu(lambda: calls.append(1), warmup_ms=0, rep_ms=0, min_iters=5)
     assert len(calls) >= 6 and 0 <= ms < 50
+
+
+# ---------------------------------------------------------------- kernel-only time: method choice
+def test_kernel_time_methods_and_fallbacks():
+    def never():
+        raise AssertionError("make_fn must not be called")
+
+    def ok(v):
+        return lambda make_fn, n_calls, *a: v / n_calls
+
+    def fail(msg):
+        def f(*a):
+            raise RuntimeError(msg)
+        return f
+
+    kt = timing.kernel_time
+    assert kt(never, "cpu") == {"kernel_ms": None, "kernel_method": "n/a (cpu)", "kernel_note": None}
+    assert kt(never, "cuda", method="off")["kernel_method"] == "off"
+    assert kt(None, "cuda", n_calls=4, graph=ok(2.0), profiler=fail("x")) == {
+        "kernel_ms": 0.5, "kernel_method": "cuda-graph", "kernel_note": None}
+    # capture refused: the profiler's device time, and why
+    assert kt(None, "cuda", graph=fail("operation not permitted when stream is capturing"),
+              profiler=ok(0.3)) == {
+        "kernel_ms": 0.3, "kernel_method": "profiler",
+        "kernel_note": "graph capture failed: RuntimeError: operation not permitted when stream is capturing"}
+    r = kt(None, "cuda", graph=fail("a"), profiler=fail("b"))
+    assert r == {"kernel_ms": None, "kernel_method": "failed",
+                 "kernel_note": "graph capture failed: RuntimeError: a; profiler failed: RuntimeError: b"}
+    # a forced method does not fall back
+    assert kt(None, "cuda", method="graph", graph=fail("a"), profiler=ok(1.0))["kernel_method"] == "failed"
+    assert kt(None, "cuda", method="profiler", graph=ok(9.0), profiler=ok(1.0))["kernel_ms"] == 1.0
+    with pytest.raises(ValueError, match="method='sideways'"):
+        kt(None, "cuda", method="sideways")
+
+
+def test_device_time_sums_device_activities():
+    from torch.autograd import DeviceType
+
+    class Ev:
+        def __init__(self, dev, us):
+            self.device_type = dev
+            self.time_range = type("R", (), {"elapsed_us": lambda self, us=us: us})()
+    evs = [Ev(DeviceType.CPU, 100.0), Ev(DeviceType.CUDA, 12.5), Ev(DeviceType.CUDA, 7.5)]
+    assert timing.device_time_us(evs) == 20.0      # the CPU-side launch is not device time
+
+
+# ---------------------------------------------------------------- kernel-only time on a GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kernel_time_on_gpu():
+    """A 512 MB copy: graph replay and profiler agree with each other and with do_bench."""
+    x = torch.randn(1 << 26, device="cuda")
+    y = torch.empty_like(x)
+    make = lambda: (lambda: y.copy_(x))  # noqa: E731
+    wall = timing.time_cuda(make(), 2, 10)
+    g = timing.graph_time(make, 1, 2, 10)
+    p = timing.profiler_time(make, 1)
+    assert 0 < g and 0 < p
+    assert abs(g - p) / p < 0.25 and abs(g - wall) / wall < 0.25, (g, p, wall)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_case_kernel_time_on_gpu():
+    """Every pass (the bwd pass replays retained graphs) gets a kernel time; torch eager's is a
+    CUDA graph replay and not longer than its wall time."""
+    case = Case("layer_norm", (4096, 1024), "bf16")
+    meta = {"gpu": "g", "torch": "t", "triton": "tr", "cuda": "c", "commit": "x", "date": "d"}
+    names = ["torch"] + [n for n in ("fusednorm-triton", "fusednorm-cuda")
+                         if providers.PROVIDERS[n].available("cuda") is True]
+    rows = runner.run_case(case, [providers.PROVIDERS[n] for n in names], "cuda", meta,
+                           warmup_ms=2, rep_ms=10)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["status"] == "ok" or r["status"].startswith("skipped:") for r in rows), \
+        [r["status"] for r in rows]
+    assert sum(r["provider"] == "torch" for r in ok) == 3
+    for r in ok:
+        assert r["kernel_method"] in ("cuda-graph", "profiler"), r
+        assert r["kernel_ms"] > 0
+    for r in ok:
+        if r["provider"] == "torch":
+            assert r["kernel_method"] == "cuda-graph", r["kernel_note"]
+            assert r["kernel_ms"] <= 1.1 * r["ms"], r
 
 
 # ---------------------------------------------------------------- end to end on the CPU
@@ -144,7 +257,7 @@ def test_harness_end_to_end_cpu(tmp_path):
     """Reference backend and torch eager, a tiny LayerNorm, CPU timer, all output files."""
     case = Case("layer_norm", (8, 64), "fp32", model="tiny")
     out = tmp_path / "out"
-    res = common.run_cases([case], ["fusednorm-torch", "torch", "liger"], "cpu", out,
+    res = runner.run_cases([case], ["fusednorm-torch", "torch", "liger"], "cpu", out,
                            warmup_ms=1, rep_ms=2, copy_bytes=2**20, progress=False)
     rows = res["rows"]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -154,6 +267,8 @@ def test_harness_end_to_end_cpu(tmp_path):
         assert r["ms"] > 0 and r["gbps"] > 0 and r["pct_copy"] > 0 and r["speedup_eager"] > 0
         assert r["bytes"] == case_bytes(case, r["pass"])
         assert r["gpu"] and r["torch"] == torch.__version__ and r["commit"]
+        # no kernel-only time on a CPU: said so, not faked
+        assert r["kernel_method"] == "n/a (cpu)" and r["kernel_ms"] is None and r["kernel_gbps"] is None
     fwd = next(r for r in ok if r["provider"] == "fusednorm-torch" and r["pass"] == "fwd")
     assert fwd["max_err"] < 1e-5                              # agrees with F.layer_norm
     liger = [r for r in rows if r["provider"] == "liger"]
@@ -162,10 +277,15 @@ def test_harness_end_to_end_cpu(tmp_path):
         assert (out / name).stat().st_size > 0
     data = json.loads((out / "results.json").read_text())
     assert data["meta"]["copy_gbps"] > 0 and len(data["rows"]) == len(rows)
+    assert data["meta"]["kernel_time"] == "n/a (cpu)" and data["meta"]["tuned_configs"]
     with open(out / "results.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == len(rows)
+        back = list(csv.DictReader(fh))
+    assert len(back) == len(rows)
+    assert {"kernel_ms", "kernel_gbps", "kernel_pct_copy", "kernel_method"} <= set(back[0])
+    assert all(r["kernel_method"] == "n/a (cpu)" for r in back if r["status"] == "ok")
     md = (out / "table.md").read_text()
     assert md.count("| fusednorm-torch |") == 3 and md.count("| torch |") == 3
+    assert "| kernel GB/s |" in md and "| wall GB/s |" in md and "| n/a (cpu) |" in md
     pytest.importorskip("matplotlib")
     assert (out / "plot_layer_norm_fp32_rows.png").stat().st_size > 0
 
@@ -176,21 +296,21 @@ def test_harness_records_errors(tmp_path):
         def f(x, residual=None):
             raise RuntimeError("kaboom")
         return f
-    common.PROVIDERS["_boom"] = common.Provider("_boom", boom)
+    providers.PROVIDERS["_boom"] = providers.Provider("_boom", boom)
     try:
-        res = common.run_cases([Case("rms_norm", (4, 32), "fp32")], ["_boom", "torch"], "cpu", tmp_path,
+        res = runner.run_cases([Case("rms_norm", (4, 32), "fp32")], ["_boom", "torch"], "cpu", tmp_path,
                                warmup_ms=0, rep_ms=1, copy_bytes=2**20, progress=False, plots=False)
     finally:
-        del common.PROVIDERS["_boom"]
+        del providers.PROVIDERS["_boom"]
     st = {(r["provider"], r["pass"]): r["status"] for r in res["rows"]}
     assert len(st) == 6
-    assert all(st[("_boom", ps)] == "error: RuntimeError: kaboom" for ps in common.PASSES)
-    assert all(st[("torch", ps)] == "ok" for ps in common.PASSES)
+    assert all(st[("_boom", ps)] == "error: RuntimeError: kaboom" for ps in cases.PASSES)
+    assert all(st[("torch", ps)] == "ok" for ps in cases.PASSES)
 
 
 def test_harness_time_budget(tmp_path):
     """Past the budget no case starts; its rows say why."""
-    res = common.run_cases([Case("rms_norm", (4, 32), "fp32"), Case("group_norm", (2, 4, 3, 3), "fp32", groups=2)],
+    res = runner.run_cases([Case("rms_norm", (4, 32), "fp32"), Case("group_norm", (2, 4, 3, 3), "fp32", groups=2)],
                            ["torch"], "cpu", tmp_path, warmup_ms=0, rep_ms=1, copy_bytes=2**20,
                            budget_s=0.0, progress=False, plots=False)
     assert len(res["rows"]) == 6
@@ -216,7 +336,7 @@ def test_parse_norms():
                                                "batch_norm", "rms_norm"]
     with pytest.raises(SystemExit, match="unknown norm"):
         parse_norms("ln,xx")
-    quick = get_cases(list(common.OPS), quick=True)
+    quick = get_cases(list(cases.OPS), quick=True)
     have = {(c.op, c.shape, c.dtype, c.layout) for c in quick}
     for n in (1024, 4096, 8192, 16384):
         assert ("layer_norm", (16384, n), "bf16", "rows") in have
