@@ -46,9 +46,9 @@ void batch_norm_fwd(const BatchNormFwdArgs& a, cudaStream_t stream) {
       WelfordOp<T> op{static_cast<const T*>(a.x), shift};
       launch_channel_reduce<T>(op, p, a.C, g.S, aligned16(a.x), part, stream,
                                "channel_reduce (batch_norm_fwd statistics)");
-      bn::bn_stats_kernel<T><<<small_grid(a.C), kSmallThreads, 0, stream>>>(
-          part, static_cast<const T*>(a.x), shift, g.N, a.C, p.chunks, a.eps, a.mean, a.var,
-          a.rstd);
+      FN_LAUNCH((bn::bn_stats_kernel<T>), small_grid(a.C), kSmallThreads, 0, stream,
+                part, static_cast<const T*>(a.x), shift, g.N, a.C, p.chunks, a.eps, a.mean, a.var,
+                a.rstd);
       FN_LAUNCH_CHECK("bn_stats_kernel");
     }
     bn::FwdMap<T, W> f{static_cast<const T*>(a.x), static_cast<T*>(a.out),
@@ -91,9 +91,9 @@ void batch_norm_bwd(const BatchNormBwdArgs& a, cudaStream_t stream) {
     bn::BwdOp<T> op{x, dy, a.mean, a.rstd};
     launch_channel_reduce<T>(op, p, a.C, g.S, aligned16(a.x) && aligned16(a.dy), ws.part, stream,
                              "channel_reduce (batch_norm_bwd sums)");
-    bn::bn_bwd_finalize_kernel<W><<<small_grid(a.C), kSmallThreads, 0, stream>>>(
-        ws.part, g.N, a.C, p.chunks, 1.f / float(a.N * a.S), static_cast<W*>(a.dweight),
-        static_cast<W*>(a.dbias), ws.coef);
+    FN_LAUNCH((bn::bn_bwd_finalize_kernel<W>), small_grid(a.C), kSmallThreads, 0, stream,
+              ws.part, g.N, a.C, p.chunks, 1.f / float(a.N * a.S), static_cast<W*>(a.dweight),
+              static_cast<W*>(a.dbias), ws.coef);
     FN_LAUNCH_CHECK("bn_bwd_finalize_kernel");
     bn::BwdDxMap<T, W> f{dy, x, static_cast<T*>(a.dx), static_cast<const W*>(a.weight), a.mean,
                          a.rstd, a.training ? ws.coef : nullptr};

@@ -38,9 +38,9 @@ void group_norm_fwd(const GroupNormFwdArgs& a, cudaStream_t stream) {
     WelfordOp<T> op{static_cast<const T*>(a.x), shift};
     launch_channel_reduce<T>(op, p, a.C, a.S, aligned16(a.x), part, stream,
                              "channel_reduce (group_norm_fwd statistics)");
-    gn::gn_stats_kernel<T><<<small_grid(a.N * a.G), kSmallThreads, 0, stream>>>(
-        part, static_cast<const T*>(a.x), shift, a.N, a.C, a.G, p.chunks, a.eps, a.mean,
-        a.rstd);
+    FN_LAUNCH((gn::gn_stats_kernel<T>), small_grid(a.N * a.G), kSmallThreads, 0, stream,
+              part, static_cast<const T*>(a.x), shift, a.N, a.C, a.G, p.chunks, a.eps, a.mean,
+              a.rstd);
     FN_LAUNCH_CHECK("gn_stats_kernel");
     gn::FwdMap<T, W> f{static_cast<const T*>(a.x), static_cast<T*>(a.out),
                        static_cast<const W*>(a.weight), static_cast<const W*>(a.bias),
@@ -89,12 +89,12 @@ void group_norm_bwd(const GroupNormBwdArgs& a, cudaStream_t stream) {
     gn::BwdOp<T, W> op{x, dy, w, b, a.mean, a.rstd, a.G, Cg, a.silu};
     launch_channel_reduce<T>(op, p, a.C, a.S, aligned16(a.x) && aligned16(a.dy), ws.part, stream,
                              "channel_reduce (group_norm_bwd sums)");
-    gn::gn_bwd_group_kernel<W><<<small_grid(a.N * a.G), kSmallThreads, 0, stream>>>(
-        ws.part, w, a.N, a.C, a.G, a.S, p.chunks, ws.nc, ws.coef);
+    FN_LAUNCH((gn::gn_bwd_group_kernel<W>), small_grid(a.N * a.G), kSmallThreads, 0, stream,
+              ws.part, w, a.N, a.C, a.G, a.S, p.chunks, ws.nc, ws.coef);
     FN_LAUNCH_CHECK("gn_bwd_group_kernel");
     if (a.dweight || a.dbias) {
-      gn::gn_bwd_wgrad_kernel<W><<<small_grid(a.C), kSmallThreads, 0, stream>>>(
-          ws.nc, a.N, a.C, static_cast<W*>(a.dweight), static_cast<W*>(a.dbias));
+      FN_LAUNCH((gn::gn_bwd_wgrad_kernel<W>), small_grid(a.C), kSmallThreads, 0, stream,
+                ws.nc, a.N, a.C, static_cast<W*>(a.dweight), static_cast<W*>(a.dbias));
       FN_LAUNCH_CHECK("gn_bwd_wgrad_kernel");
     }
     gn::BwdDxMap<T, W> f{dy, x, static_cast<T*>(a.dx), w, b, a.mean, a.rstd, ws.coef, a.G, Cg, a.silu};

@@ -119,16 +119,16 @@ void launch_channel_reduce(const Op& op, const ChannelPlan& p, int64_t C, int64_
   if (p.blocks == 0) return;
   const unsigned grid = unsigned(std::min<int64_t>(p.blocks, kMaxGrid));
   if (p.cl) {
-    channel_reduce_cl_kernel<Op><<<grid, dim3(kClTx, kClTy), 0, stream>>>(
-        op, C, S, p.chunk, p.chunks, p.ctiles, p.blocks, part);
+    FN_LAUNCH((channel_reduce_cl_kernel<Op>), grid, dim3(kClTx, kClTy), 0, stream,
+              op, C, S, p.chunk, p.chunks, p.ctiles, p.blocks, part);
   } else {
     constexpr int V = kVec16<T>;
     if (vec_ok && S % V == 0) {
-      channel_reduce_nchw_kernel<Op, V><<<grid, p.threads, 0, stream>>>(op, C, S, p.chunk, p.chunks,
-                                                                         p.blocks, part);
+      FN_LAUNCH((channel_reduce_nchw_kernel<Op, V>), grid, p.threads, 0, stream, op, C, S, p.chunk,
+                p.chunks, p.blocks, part);
     } else {
-      channel_reduce_nchw_kernel<Op, 1><<<grid, p.threads, 0, stream>>>(op, C, S, p.chunk, p.chunks,
-                                                                         p.blocks, part);
+      FN_LAUNCH((channel_reduce_nchw_kernel<Op, 1>), grid, p.threads, 0, stream, op, C, S, p.chunk,
+                p.chunks, p.blocks, part);
     }
   }
   FN_LAUNCH_CHECK(name);
@@ -167,11 +167,11 @@ void launch_channel_map(const F& f, int64_t numel, int64_t C, int64_t S, bool ch
   const int vw = vec ? V : 1;
   const unsigned grid = unsigned(std::min<int64_t>(ceil_div(ceil_div(numel, vw), kMapThreads), kMaxGrid));
   if (channels_last) {
-    if (vec) channel_map_kernel<true, V, F><<<grid, kMapThreads, 0, stream>>>(f, numel, C, S);
-    else channel_map_kernel<true, 1, F><<<grid, kMapThreads, 0, stream>>>(f, numel, C, S);
+    if (vec) FN_LAUNCH((channel_map_kernel<true, V, F>), grid, kMapThreads, 0, stream, f, numel, C, S);
+    else FN_LAUNCH((channel_map_kernel<true, 1, F>), grid, kMapThreads, 0, stream, f, numel, C, S);
   } else {
-    if (vec) channel_map_kernel<false, V, F><<<grid, kMapThreads, 0, stream>>>(f, numel, C, S);
-    else channel_map_kernel<false, 1, F><<<grid, kMapThreads, 0, stream>>>(f, numel, C, S);
+    if (vec) FN_LAUNCH((channel_map_kernel<false, V, F>), grid, kMapThreads, 0, stream, f, numel, C, S);
+    else FN_LAUNCH((channel_map_kernel<false, 1, F>), grid, kMapThreads, 0, stream, f, numel, C, S);
   }
   FN_LAUNCH_CHECK(name);
 }

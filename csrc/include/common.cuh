@@ -128,6 +128,15 @@ constexpr int64_t kMaxGrid = 2147483647LL;
 
 #define FN_LAUNCH_CHECK(name) ::fusednorm::check_launch(name)
 
+// Every launch site: FN_LAUNCH((kernel<...>), grid, block, smem, stream, args...), the kernel in
+// parentheses.  Under nvcc it is exactly kernel<<<grid, block, smem, stream>>>(args...); the CPU
+// emulator (csrc/emu/cuda_emu.h, included first) defines its own FN_LAUNCH.
+#ifndef FN_LAUNCH
+#define FN_UNPAREN_(...) __VA_ARGS__
+#define FN_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  FN_UNPAREN_ kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+
 // Dispatch on the storage dtype: binds `T` to float / __half / __nv_bfloat16.
 #define FN_DISPATCH_ONE(dtype, T, ...)                                              \
   switch (dtype) {                                                                  \

@@ -36,10 +36,10 @@ void launch_fwd(const LayerNormFwdArgs& a, cudaStream_t stream) {
   const LnConfig cfg = ln_config(a.N, VEC, 4);
   const unsigned grid = unsigned(std::min<int64_t>(a.M, kMaxGrid));
   switch (cfg.items) {
-    case 1: ln::layer_norm_fwd_kernel<T, W, VEC, 1><<<grid, cfg.threads, 0, stream>>>(a); break;
-    case 2: ln::layer_norm_fwd_kernel<T, W, VEC, 2><<<grid, cfg.threads, 0, stream>>>(a); break;
-    case 4: ln::layer_norm_fwd_kernel<T, W, VEC, 4><<<grid, cfg.threads, 0, stream>>>(a); break;
-    default: ln::layer_norm_fwd_kernel<T, W, VEC, 0><<<grid, cfg.threads, 0, stream>>>(a); break;
+    case 1: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 1>), grid, cfg.threads, 0, stream, a); break;
+    case 2: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 2>), grid, cfg.threads, 0, stream, a); break;
+    case 4: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 4>), grid, cfg.threads, 0, stream, a); break;
+    default: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 0>), grid, cfg.threads, 0, stream, a); break;
   }
   FN_LAUNCH_CHECK("layer_norm_fwd_kernel");
 }
@@ -50,10 +50,10 @@ void launch_bwd(const LayerNormBwdArgs& a, float* dw_part, float* db_part, int64
   const LnConfig cfg = ln_config(a.N, VEC, 4);
   const unsigned grid = unsigned(G);
   switch (cfg.items) {
-    case 1: ln::layer_norm_bwd_kernel<T, W, VEC, 1><<<grid, cfg.threads, 0, stream>>>(a, dw_part, db_part); break;
-    case 2: ln::layer_norm_bwd_kernel<T, W, VEC, 2><<<grid, cfg.threads, 0, stream>>>(a, dw_part, db_part); break;
-    case 4: ln::layer_norm_bwd_kernel<T, W, VEC, 4><<<grid, cfg.threads, 0, stream>>>(a, dw_part, db_part); break;
-    default: ln::layer_norm_bwd_kernel<T, W, VEC, 0><<<grid, cfg.threads, 0, stream>>>(a, dw_part, db_part); break;
+    case 1: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 1>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
+    case 2: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 2>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
+    case 4: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 4>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
+    default: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 0>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
   }
   FN_LAUNCH_CHECK("layer_norm_bwd_kernel");
 }
@@ -61,8 +61,8 @@ void launch_bwd(const LayerNormBwdArgs& a, float* dw_part, float* db_part, int64
 template <typename W>
 void launch_colsum(const float* part, int64_t rows, int64_t N, void* out, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>(ceil_div(N, 32), 65535));
-  ln::colsum_kernel<W><<<grid, dim3(32, ln::kColsumRows), 0, stream>>>(part, rows, N,
-                                                                       static_cast<W*>(out));
+  FN_LAUNCH((ln::colsum_kernel<W>), grid, dim3(32, ln::kColsumRows), 0, stream, part, rows, N,
+            static_cast<W*>(out));
   FN_LAUNCH_CHECK("colsum_kernel (layer_norm dweight/dbias)");
 }
 

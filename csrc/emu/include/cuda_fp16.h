@@ -1,0 +1,3 @@
+// Stand-in for the CUDA toolkit's <cuda_fp16.h> in emulator builds (csrc/emu/cuda_emu.h).
+#pragma once
+#include "../cuda_emu.h"
