@@ -18,7 +18,7 @@ setup:
 		echo "[setup] creating .venv"; python3 -m venv .venv; fi
 	@$(PY) -c "import torch" 2>/dev/null || { echo "[setup] installing pinned CPU torch"; \
 		$(PY) -m pip install -q -r requirements-ci.txt; }
-	@$(PY) -c "import triton, numpy, pytest, pytest_timeout, matplotlib, sklearn, pandas" 2>/dev/null || \
+	@$(PY) -c "import triton, numpy, pytest, pytest_timeout, matplotlib, sklearn, pandas, expecttest, hypothesis" 2>/dev/null || \
 		$(PY) -m pip install -q -r requirements-ci.txt
 	@$(PY) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in \
 		('transformers', 'timm', 'diffusers')))" 2>/dev/null || { \

@@ -21,18 +21,27 @@ BF16_ULP = 2.0 ** -7
 
 
 def backend_params():
-    """(backend, device) pairs: the reference on CPU (and GPU), Triton on the GPU or through
-    the interpreter, CUDA on the GPU only (skipped with the reason where it cannot run).
-    The pairs on "cuda" carry the ``gpu`` mark (bench/gpu_check.sh runs ``-m gpu``)."""
+    """(backend, device) pairs: fusednorm's reference and torch's native kernels on CPU (and
+    GPU), Triton on the GPU or through the interpreter, CUDA on the GPU only (skipped with the
+    reason where it cannot run).  The pairs on "cuda" carry the ``gpu`` mark
+    (bench/gpu_check.sh runs ``-m gpu``)."""
     gpu = pytest.mark.gpu
-    params = [pytest.param(("torch", "cpu"), id="torch-cpu")]
+    params = [pytest.param(("reference", "cpu"), id="reference-cpu"),
+              pytest.param(("native", "cpu"), id="native-cpu")]
     if HAS_CUDA:
-        params.append(pytest.param(("torch", "cuda"), id="torch-cuda", marks=gpu))
+        params.append(pytest.param(("reference", "cuda"), id="reference-cuda", marks=gpu))
+        params.append(pytest.param(("native", "cuda"), id="native-cuda", marks=gpu))
         params.append(pytest.param(("triton", "cuda"), id="triton-cuda", marks=gpu))
     else:
         params.append(pytest.param(("triton", "cpu"), id="triton-interp"))
     params.append(pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=gpu))
     return params
+
+
+def kernel_backend_params():
+    """backend_params() without "native": for tests of fusednorm's own implementations
+    (custom ops, extras such as residual and fused SiLU that torch has no kernel for)."""
+    return [p for p in backend_params() if p.values[0][0] != "native"]
 
 
 def require_backend(backend: str, device: str):
@@ -47,7 +56,7 @@ def require_backend(backend: str, device: str):
 
 
 def supports_dtype(backend: str, dtype) -> bool:
-    return backend == "torch" or dtype != torch.float64
+    return backend in ("reference", "native") or dtype != torch.float64
 
 
 def err(a, ref):

@@ -5,7 +5,7 @@ parameters is deep-copied, the copy converted, and both run on the same fresh ra
 (offset, never zeros) in fp32, bf16, fp16 and bf16 activations with fp32 parameters; the
 output and the gradients of the input and of every parameter are compared.
 
-Tolerances (measured on the "torch" backend, CPU):
+Tolerances (measured on the "reference" backend, CPU):
 * forward: the same rounding order, so the fp32 results agree to a few fp32 ulps (RMS
   families bitwise; LayerNorm families 1-2 ulps: fusednorm's mean/variance is not ATen's
   summation order) and the half-precision outputs, rounded from those, agree bitwise.  The
@@ -147,6 +147,11 @@ DTYPES = {  # (input dtype, parameter dtype)
 # float64 (measured: LayerNorm2d bf16 weight grad error 0.29 vs 0.11 at scale 34), so they are
 # held to the accuracy rule alone.
 TORCH_NATIVE_BACKWARD = ("convnext_ln", "layer_norm_2d", "timm_layer_norm", "timm_group_norm")
+# Adapters whose converted backward is torch's LayerNorm kernel on a CPU (backend "auto" there
+# is torch's native kernels) where the original differentiates a chain of elementwise ops:
+# the input gradient may sit 1-2 fp32 ulps off float64 where the original's is exact
+# (measured: Cohere per-head weight, 1.5 ulp vs 0), so the accuracy rule gets one ulp more.
+NATIVE_LN_BACKWARD = ("cohere_ln",)
 EPS = {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11,
        torch.float64: 2.0 ** -52}
 
@@ -198,17 +203,18 @@ def assert_forward_same(ours, ref, what):
     assert ((ours.double() - ref.double()).abs() <= ulp_of(ref, ref.dtype)).all(), what
 
 
-def assert_grad_close(ours, ref, ref64, what, ulps, dtype):
-    """Ours no less accurate against float64 than the original (twice, plus one ulp), and,
-    unless ``ulps`` is None, |ours - ref| within ``ulps`` ulps (of ``dtype``, the precision
-    the computation had) of the tensor's scale."""
+def assert_grad_close(ours, ref, ref64, what, ulps, dtype, slack=1):
+    """Ours no less accurate against float64 than the original (twice, plus ``slack`` ulps),
+    and, unless ``ulps`` is None, |ours - ref| within ``ulps`` ulps (of ``dtype``, the
+    precision the computation had) of the tensor's scale."""
     assert ours.dtype == ref.dtype and ours.shape == ref.shape, what
     scale = ref64.double().abs().max().item() or 1.0
     ulp = EPS[dtype] * 2 * 2.0 ** torch.tensor(scale).log2().floor().item()
     delta = (ours.double() - ref.double()).abs().max().item()
     err_ours = (ours.double() - ref64).abs().max().item()
     err_ref = (ref.double() - ref64).abs().max().item()
-    assert err_ours <= 2 * err_ref + ulp, f"{what}: error {err_ours:.3g} vs original {err_ref:.3g}"
+    assert err_ours <= 2 * err_ref + slack * ulp, \
+        f"{what}: error {err_ours:.3g} vs original {err_ref:.3g}"
     if ulps is not None:
         assert delta <= ulps * ulp, f"{what}: max |Δ| {delta:.3g} > {ulps} ulp ({ulp:.3g})"
 
@@ -232,7 +238,8 @@ def test_adapter_matches_original(case, dtypes):
     y64, dx64, dp64 = run(copy.deepcopy(ref).double(), x.double(), g.double())
     assert_forward_same(y, y_ref, f"{case.id} forward")
     half = xdt != torch.float32
-    assert_grad_close(dx, dx_ref, dx64, f"{case.id} input grad", 1 if half else 8, xdt)
+    assert_grad_close(dx, dx_ref, dx64, f"{case.id} input grad", 1 if half else 8, xdt,
+                      slack=2 if case.adapter in NATIVE_LN_BACKWARD else 1)
     for name in dp_ref:
         ulps = 8 if not half else (None if case.adapter in TORCH_NATIVE_BACKWARD else 2)
         assert_grad_close(dp[name], dp_ref[name], dp64[name], f"{case.id} {name} grad", ulps,

@@ -79,9 +79,12 @@ def test_batch_norm_mixed_offset_empty(be):
     for fmt in (torch.contiguous_format, torch.channels_last):
         out = fusednorm.batch_norm(xo.to(device).contiguous(memory_format=fmt), None, None,
                                    training=True, backend=backend).cpu()
-        assert_accurate(out, F.batch_norm(xo.double(), None, None, training=True),
-                        F.batch_norm(xo, None, None, training=True), torch.float32,
-                        f"offset {fmt}")
+        # torch's own error in the same layout for "native" (torch's channels_last CPU
+        # kernel, which is what it runs, is 16x less accurate here than its NCHW one)
+        theirs = F.batch_norm(xo.contiguous(memory_format=fmt) if backend == "native" else xo,
+                              None, None, training=True)
+        assert_accurate(out, F.batch_norm(xo.double(), None, None, training=True), theirs,
+                        torch.float32, f"offset {fmt}")
     # an empty batch returns an empty output and leaves running statistics untouched
     rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
     x = torch.empty(0, 3, 4, 4, device=device, requires_grad=True)
@@ -137,9 +140,9 @@ def test_gradcheck_batch_norm():
     b = randn(3, dtype=torch.float64, seed=3, requires_grad=True)
     rm, rv = randn(3, dtype=torch.float64, seed=4), randn(3, dtype=torch.float64, seed=5).abs()
     torch.autograd.gradcheck(lambda x, w, b: fusednorm.batch_norm(
-        x, None, None, w, b, True, backend="torch"), (x, w, b))
+        x, None, None, w, b, True, backend="reference"), (x, w, b))
     torch.autograd.gradcheck(lambda x, w, b: fusednorm.batch_norm(
-        x, rm, rv, w, b, False, backend="torch"), (x, w, b))
+        x, rm, rv, w, b, False, backend="reference"), (x, w, b))
 
 
 def test_half_running_stats_round_once_like_torch():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fusednorm
-from _util import HAS_CUDA, backend_params, randn, require_backend
+from _util import HAS_CUDA, kernel_backend_params, randn, require_backend
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -95,11 +95,12 @@ def test_eps_check_traces_dynamic():
         torch._dynamo.reset()
 
 
-# Where the sweep runs: CPU tensors with the per-call default backend, and on a GPU, CUDA
-# tensors with each kernel backend chosen through FUSEDNORM_BACKEND (so the traced functions
-# are the same CASES).
+# Where the sweep runs: CPU tensors with the per-call default backend (torch's native ops,
+# the reference for the extras) and with the reference named for every case (its custom
+# ops), and on a GPU, CUDA tensors with each kernel backend chosen through FUSEDNORM_BACKEND
+# (so the traced functions are the same CASES).
 _needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-SWEEP = [pytest.param(None, id="cpu")] + [
+SWEEP = [pytest.param(None, id="cpu"), pytest.param("reference", id="reference-cpu")] + [
     pytest.param(b, id=f"{b}-cuda", marks=[pytest.mark.gpu, _needs_cuda])
     for b in ("triton", "cuda")]
 
@@ -113,7 +114,7 @@ def test_fullgraph_aot_eager(backend, name, dynamic, monkeypatch):
         if fusednorm.available_backends()[backend] is not True:
             pytest.skip(f"backend {backend!r}: {fusednorm.available_backends()[backend]}")
         monkeypatch.setenv("FUSEDNORM_BACKEND", backend)
-        device = "cuda"
+        device = "cpu" if backend == "reference" else "cuda"
     torch._dynamo.reset()
     compiled = torch.compile(CASES[name], backend="aot_eager", fullgraph=True, dynamic=dynamic)
     _check(compiled, name, 6, seed=10, device=device)
@@ -123,8 +124,14 @@ def test_fullgraph_aot_eager(backend, name, dynamic, monkeypatch):
             _check(compiled, name, 7, seed=11, device=device)
 
 
-def test_explain_reports_no_graph_break():
-    """A small block using every norm: one graph, zero breaks (explain, not just fullgraph)."""
+@pytest.mark.parametrize("backend,want", [
+    ("reference", ("batch_norm_fwd", "group_norm_fwd", "layer_norm_fwd")),
+    (None, ("native_batch_norm", "native_layer_norm", "group_norm_fwd", "layer_norm_fwd"))],
+    ids=["reference", "auto"])
+def test_explain_reports_no_graph_break(backend, want, monkeypatch):
+    """A small block using every norm: one graph, zero breaks (explain, not just fullgraph).
+    The reference's norms are fusednorm's opaque ops; auto on a CPU gives torch's native ops
+    for what torch has a kernel for, fusednorm's ops for the extras (SiLU, residual)."""
     def block(x, w, b, rm, rv):
         h = fusednorm.batch_norm(x, rm, rv, w, b, training=True)
         h = fusednorm.group_norm(h, 2, w, b, activation="silu")
@@ -132,6 +139,8 @@ def test_explain_reports_no_graph_break():
         y = fusednorm.layer_norm(h, (h.shape[-1],))
         return fusednorm.rms_norm(y, (y.shape[-1],), residual=h)
 
+    if backend is not None:
+        monkeypatch.setenv("FUSEDNORM_BACKEND", backend)
     torch._dynamo.reset()
     (x, w, b), (rm, rv) = _inputs("batch_norm_train", 3, seed=5)
     explanation = torch._dynamo.explain(block)(x, w, b, rm, rv)
@@ -139,7 +148,7 @@ def test_explain_reports_no_graph_break():
     assert explanation.graph_count == 1
     ops = {str(n.target) for g in explanation.graphs for n in g.graph.nodes
            if n.op == "call_function"}
-    for op in ("batch_norm_fwd", "group_norm_fwd", "layer_norm_fwd"):
+    for op in want:
         assert any(op in o for o in ops), (op, ops)
 
 
@@ -206,7 +215,9 @@ def _opcheck_cases(backend, device):
     return cases
 
 
-@pytest.mark.parametrize("be", backend_params())
+# fusednorm's custom ops, on each backend that implements them ("native" is torch's own
+# ops, which have none: tests/test_paths.py checks its traced graphs)
+@pytest.mark.parametrize("be", kernel_backend_params())
 def test_opcheck_every_op(be):
     backend, device = be
     require_backend(backend, device)

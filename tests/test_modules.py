@@ -152,7 +152,7 @@ def test_convert_keeps_dtype_and_subclasses():
 
 
 @pytest.mark.parametrize("be", [p for p in backend_params()
-                                if p.id not in ("torch-cuda", "triton-interp")])
+                                if p.id not in ("reference-cuda", "native-cuda", "triton-interp")])
 def test_compile_fullgraph_converted_models(be):
     """A converted CNN and transformer block compile with fullgraph=True (inductor, no graph
     breaks) and match eager, forward and backward: on CPU with the reference, on a GPU with

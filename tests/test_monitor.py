@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import fusednorm
 from fusednorm import monitor
 from fusednorm.monitor import HOOK_ATTR, stats_from_norm, stats_from_tensor, track
 
@@ -367,6 +368,61 @@ def test_fusednorm_batch_norm_record_equals_input_stats():
     _close(mon.stats("<model>")["var"][0].double(), var)
 
 
+_MODULE_ORACLES = {
+    "batch_norm": lambda t: torch.var_mean(t, dim=(0, 2, 3), correction=0),
+    "instance_norm": lambda t: torch.var_mean(t.transpose(0, 1).reshape(t.shape[1], -1), dim=1,
+                                              correction=0),
+    "group_norm": lambda t: torch.var_mean(t.reshape(t.shape[0], 3, -1).transpose(0, 1)
+                                           .reshape(3, -1), dim=1, correction=0),
+    "layer_norm": lambda t: tuple(v.reshape(1) for v in torch.var_mean(t, correction=0)),
+    "rms_norm": lambda t: (t.square().mean().reshape(1), torch.zeros(1, dtype=t.dtype)),
+}
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("kind", list(_MODULE_ORACLES))
+def test_monitor_records_the_norms_statistics_on_each_backend(kind, backend):
+    """The statistics torch's own kernels return (backend "native": mean/rstd of
+    native_layer_norm / native_group_norm, save_mean/save_invstd of native_batch_norm,
+    _fused_rms_norm's rstd) reach the monitor as the reference's do: source "norm" (no
+    extra pass), the input's moments, the same records on both backends."""
+    fnn = _fused_nn()
+    make = {"batch_norm": lambda: fnn.BatchNorm2d(6), "group_norm": lambda: fnn.GroupNorm(3, 6),
+            "instance_norm": lambda: fnn.InstanceNorm2d(6, affine=True, track_running_stats=True),
+            "layer_norm": lambda: fnn.LayerNorm([5, 5]), "rms_norm": lambda: fnn.RMSNorm([5])}
+    mod = fusednorm.convert(make[kind](), backend=backend)
+    x = _offset(4, 6, 5, 5, seed=6)
+    with track(mod) as mon:
+        for _ in range(2):
+            mod(x).sum().backward()
+    assert mon.source("<model>") == "norm" and mon.kind("<model>") == kind
+    s = mon.stats("<model>")
+    assert s["mean"].shape[0] == 2
+    var, mean = _MODULE_ORACLES[kind](x.double())
+    _close(s["mean"][1].double(), mean, rtol=1e-5, atol=1e-5)
+    _close(s["var"][1].double(), var, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_native_batch_norm_running_stats_and_counter(momentum):
+    """On "native" the modules keep fusednorm's running-statistics semantics: torch's
+    values step by step, momentum=None's cumulative average (on the device), and an empty
+    batch that neither updates nor counts."""
+    fnn = _fused_nn()
+    ref = nn.BatchNorm2d(5, momentum=momentum)
+    ours = fusednorm.convert(nn.BatchNorm2d(5, momentum=momentum), backend="native")
+    for step in range(3):
+        x = _offset(4, 5, 3, 3, seed=10 + step) * (step + 1)
+        _close(ours(x), ref(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        _close(getattr(ours, name), getattr(ref, name), rtol=1e-6, atol=1e-6)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    assert ours(torch.empty(0, 5, 3, 3)).shape == (0, 5, 3, 3)
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert isinstance(ours, fnn.BatchNorm2d)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync check needs CUDA")
 def test_no_host_sync_per_step_cuda():
@@ -407,3 +463,52 @@ def test_nested_monitors_both_record_from_the_norm():
     assert len(outer.stats("<model>")["step"]) == 2 and len(inner.stats("<model>")["step"]) == 1
     torch.testing.assert_close(outer.stats("<model>")["var"][0], inner.stats("<model>")["var"][0])
     assert not hasattr(bn, HOOK_ATTR)
+
+
+# ------------------------------------------------------------------ import-time behaviour
+_LAZY_IMPORT = r"""
+import sys
+import fusednorm
+heavy = [m for m in ("fusednorm.monitor", "matplotlib", "pandas") if m in sys.modules]
+assert not heavy, f"import fusednorm imported {heavy}"
+assert "monitor" in dir(fusednorm)
+track = fusednorm.monitor.track          # first access loads it
+assert "fusednorm.monitor" in sys.modules and callable(track)
+assert "matplotlib" not in sys.modules   # plotting libraries load only in plot()/to_pandas()
+m = fusednorm.convert(__import__("torch").nn.LayerNorm(4))
+with fusednorm.monitor.track(m) as mon:
+    m(__import__("torch").randn(3, 4))
+assert mon.source("<model>") == "norm", mon.source("<model>")
+try:
+    fusednorm.no_such_thing
+except AttributeError as e:
+    assert "no_such_thing" in str(e)
+else:
+    raise AssertionError("missing attribute did not raise")
+print("ok")
+"""
+
+_NO_CYCLE = r"""
+import ast, pathlib, sys
+import fusednorm.sync_batch_norm     # first, on its own: no cycle through fusednorm.nn
+import fusednorm.nn
+pkg = pathlib.Path(fusednorm.nn.__file__).parent
+def imports(name):
+    tree = ast.parse((pkg / f"{name}.py").read_text())
+    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+assert "nn" not in imports("sync_batch_norm"), imports("sync_batch_norm")
+assert fusednorm.nn.SyncBatchNorm is fusednorm.sync_batch_norm.SyncBatchNorm
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("script", [_LAZY_IMPORT, _NO_CYCLE], ids=["lazy_monitor", "no_cycle"])
+def test_import_in_fresh_process(script):
+    """``fusednorm.monitor`` works after a plain ``import fusednorm`` and is loaded only on
+    first access (PEP 562), with nothing heavy at import time; nn.py and sync_batch_norm.py
+    do not import each other (their shared pieces live in _mixins.py)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

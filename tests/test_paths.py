@@ -4,6 +4,10 @@
   give bitwise the same outputs, statistics, gradients, running statistics and
   num_batches_tracked, for every norm x backend x layout.  The op path is forced outside
   torch.compile by making ``functional._is_compiling`` answer True.
+* The "native" backend (torch's own kernels) has one path: the same aten ops eagerly and
+  traced.  Under torch.compile(fullgraph=True) its graph holds those aten ops and no
+  fusednorm op, and (aot_eager) gives bitwise what eager gives, running statistics and
+  num_batches_tracked included.
 * Kernel launches per eager call are at the design minimum and no torch kernel runs around
   the fused ones: Triton launches are recorded (interpreter), torch ops through the
   profiler; allocations and views are not kernels.  No host synchronization: every way a
@@ -44,10 +48,19 @@ def _cases(device):
     def rms_res():
         return [r(4, 16, seed=4), r(4, 16, seed=5), r(16, seed=6)], []
 
+    def rms():
+        return [r(4, 16, seed=4), r(16, seed=6)], []
+
     def gn(layout):
         def make():
             x = r(2, 6, 5, 3, seed=7)
             return [x.contiguous(memory_format=layout), r(6, seed=8), r(6, seed=9)], []
+        return make
+
+    def ln2d(layout):
+        def make():
+            x = r(2, 6, 5, 3, seed=15)
+            return [x.contiguous(memory_format=layout), r(6, seed=16), r(6, seed=17)], []
         return make
 
     def bn(layout, nbt):
@@ -66,8 +79,17 @@ def _cases(device):
     def call_rms(t, bufs, be):
         return Fn._layer_norm("rms_norm", t[0], (16,), t[2], None, None, t[1], True, be, True)
 
+    def call_rms_plain(t, bufs, be):
+        return Fn._layer_norm("rms_norm", t[0], (16,), t[1], None, None, None, False, be, True)
+
     def call_gn(t, bufs, be):
         return Fn._group_norm("group_norm", t[0], 3, t[1], t[2], 1e-5, "silu", be)
+
+    def call_ln2d(t, bufs, be):
+        return Fn._layer_norm_2d("layer_norm_2d", t[0], t[1], t[2], 1e-6, be)
+
+    def call_gn_plain(t, bufs, be):
+        return Fn._group_norm("group_norm", t[0], 3, t[1], t[2], 1e-5, None, be)
 
     def call_in(t, bufs, be):
         return Fn._instance_norm("instance_norm", t[0], bufs[0], bufs[1], t[1], t[2], True,
@@ -85,9 +107,12 @@ def _cases(device):
         return Fn._batch_norm("batch_norm", t[0], bufs[0], bufs[1], t[1], t[2], False, 0.1,
                               1e-5, be)
 
-    cases = {"layer_norm": (ln, call_ln), "rms_norm_prenorm": (rms_res, call_rms)}
+    cases = {"layer_norm": (ln, call_ln), "rms_norm_prenorm": (rms_res, call_rms),
+             "rms_norm": (rms, call_rms_plain)}
     for lname, layout in (("nchw", torch.contiguous_format), ("cl", CL)):
         cases[f"group_norm_silu_{lname}"] = (gn(layout), call_gn)
+        cases[f"group_norm_{lname}"] = (gn(layout), call_gn_plain)
+        cases[f"layer_norm_2d_{lname}"] = (ln2d(layout), call_ln2d)
         cases[f"instance_norm_running_{lname}"] = (bn(layout, False), call_in)
         cases[f"batch_norm_train_{lname}"] = (bn(layout, False), call_bn)
         cases[f"batch_norm_cumulative_{lname}"] = (bn(layout, True), call_bn_cumulative)
@@ -96,6 +121,11 @@ def _cases(device):
 
 
 CASE_NAMES = list(_cases("cpu"))
+# the cases that ask for a fusednorm extra (a residual, the fused SiLU), which torch's own
+# kernels do not compute: "native" refuses them (tests/test_errors.py), so it runs the rest
+EXTRA_CASES = {n for n in CASE_NAMES if "prenorm" in n or "silu" in n}
+PATH_CASES = [(be, name) for be in backend_params() for name in CASE_NAMES
+              if not (be.values[0][0] == "native" and name in EXTRA_CASES)]
 
 
 def _flat(result):
@@ -119,8 +149,8 @@ def _run(make, call, backend, device, traced_path):
     return [o.detach() for o in outs], tensors, list(grads), bufs
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-@pytest.mark.parametrize("be", backend_params())
+@pytest.mark.parametrize("be,name", [pytest.param(be.values[0], n, id=f"{n}-{be.id}",
+                                                  marks=be.marks) for be, n in PATH_CASES])
 def test_paths_bitwise_identical(be, name):
     backend, device = be
     require_backend(backend, device)
@@ -144,15 +174,65 @@ def test_paths_really_differ():
     """The op path is what it claims: with _is_compiling forced True the call goes through
     torch.ops.fusednorm (its grad_fn is the custom op's), else through the Function."""
     x = randn(3, 8, seed=1).requires_grad_()
-    eager = fusednorm.layer_norm(x, (8,))
+    eager = fusednorm.layer_norm(x, (8,), backend="reference")
     assert type(eager.grad_fn).__name__ == "LayerNormFnBackward"
     saved = Fn._is_compiling
     Fn._is_compiling = lambda: True
     try:
-        traced = fusednorm.layer_norm(x, (8,))
+        traced = fusednorm.layer_norm(x, (8,), backend="reference")
     finally:
         Fn._is_compiling = saved
     assert type(traced.grad_fn).__name__ != "LayerNormFnBackward"
+
+
+NATIVE_CASES = [n for n in CASE_NAMES if n not in EXTRA_CASES]
+_NATIVE_OPS = {"layer_norm": "native_layer_norm", "rms_norm": "_fused_rms_norm",
+               "group_norm": "native_group_norm", "instance_norm": "native_batch_norm",
+               "batch_norm": "native_batch_norm"}
+
+
+@pytest.mark.parametrize("name", NATIVE_CASES)
+def test_native_compiles_to_torch_ops(name):
+    """backend "native" under torch.compile(fullgraph=True): the graph holds torch's aten op
+    (what a model calling torch.nn.functional would give the compiler), no fusednorm op, and
+    (aot_eager) its outputs, statistics, gradients, running statistics and
+    num_batches_tracked are bitwise eager's."""
+    make, call = _cases("cpu")[name]
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def run(compiler):
+        leaves, bufs = make()
+        leaves = [t.detach().requires_grad_() for t in leaves]
+        fn = lambda *ls: call(list(ls), bufs, "native")  # noqa: E731
+        if compiler is not None:
+            torch._dynamo.reset()
+            fn = torch.compile(fn, backend=compiler, fullgraph=True)
+        res, *stats = fn(*leaves)
+        outs = _flat(res)
+        # gradients laid out like the outputs, as a channels_last model's are (AOTAutograd
+        # lays tangents out like the outputs; a contiguous dy would take another kernel)
+        dys = [torch.empty_like(o).copy_(randn(*o.shape, seed=50 + i))
+               for i, o in enumerate(outs)]
+        grads = torch.autograd.grad(outs, leaves, dys, allow_unused=True)
+        return ([o.detach() for o in outs] + [t for t in stats if isinstance(t, torch.Tensor)]
+                + list(grads) + bufs)
+
+    eager = run(None)
+    compiled = run("aot_eager")
+    run(capture)
+    torch._dynamo.reset()
+    assert len(eager) == len(compiled)
+    for i, (a, b) in enumerate(zip(eager, compiled)):
+        assert a is None and b is None or torch.equal(a, b), f"{name}: result {i} differs"
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert not any("fusednorm" in t for t in targets), targets
+    want = _NATIVE_OPS[next(k for k in ("instance_norm", "batch_norm", "group_norm",
+                                        "rms_norm", "layer_norm") if name.startswith(k))]
+    assert any(want in t for t in targets), (want, targets)
 
 
 # ------------------------------------------------------------------- launches and syncs
@@ -205,9 +285,11 @@ def _no_host_sync(monkeypatch):
 
 
 # (forward launches, backward launches) of the Triton backend at most, per case
-LIMITS = {"layer_norm": (1, 2), "rms_norm_prenorm": (1, 2)}
+LIMITS = {"layer_norm": (1, 2), "rms_norm_prenorm": (1, 2), "rms_norm": (1, 2)}
 for _l in ("nchw", "cl"):
-    LIMITS.update({f"group_norm_silu_{_l}": (1, 3), f"instance_norm_running_{_l}": (2, 3),
+    LIMITS.update({f"group_norm_silu_{_l}": (1, 3), f"group_norm_{_l}": (1, 3),
+                   f"layer_norm_2d_{_l}": (1, 2),
+                   f"instance_norm_running_{_l}": (2, 3),
                    f"batch_norm_train_{_l}": (3, 3), f"batch_norm_cumulative_{_l}": (3, 3),
                    f"batch_norm_eval_{_l}": (1, 3)})
 
@@ -348,7 +430,7 @@ print("ok")
 # backend, plus the reference named explicitly once.
 _NORMS = ["layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"]
 _FIRST = [(n, g, "triton") for n in _NORMS for g in (False, True)] + [
-    ("layer_norm", True, "torch")]
+    ("layer_norm", True, "reference"), ("layer_norm", True, "native")]
 if HAS_CUDA:
     _FIRST += [(n, True, be) for n in _NORMS for be in ("default", "cuda")]
 
@@ -377,7 +459,7 @@ def test_errors_same_eagerly_and_compiled(i, fullgraph):
     """Eagerly: the exception and message of test_errors.py.  Under torch.compile without
     fullgraph the same exception propagates (Dynamo graph-breaks on it and reruns eagerly);
     with fullgraph=True Dynamo wraps it, and the message is in the chain."""
-    call, exc, match = _error_cases()[i]
+    call, exc, match, _ = _error_cases()[i]
     with pytest.raises(exc, match=match):
         call()
     torch._dynamo.reset()

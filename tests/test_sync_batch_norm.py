@@ -238,7 +238,7 @@ def case_world(rank, world):
                           channels_last=False, momentum=0.1, affine=False)
     _check_against_concat(rank, sizes, group, rank, dtype=torch.float32, tail=(4, 5),
                           channels_last=True, momentum=0.1, affine=True, track=False)
-    for dtype, backend in itertools.product((torch.bfloat16, torch.float16), ("torch", "triton")):
+    for dtype, backend in itertools.product((torch.bfloat16, torch.float16), ("reference", "triton")):
         _check_mixed(rank, sizes, group, rank, dtype=dtype, backend=backend)
 
 
@@ -373,7 +373,7 @@ def test_falls_back_to_local_batch_norm_without_process_group():
 def test_convert_sync_batchnorm():
     model = tnn.Sequential(tnn.Conv2d(3, 4, 1), tnn.BatchNorm2d(4), fnn.BatchNorm1d(5).double(),
                            tnn.Sequential(tnn.SyncBatchNorm(6, momentum=None)), tnn.LayerNorm(4))
-    model[2]._fusednorm_backend = "torch"
+    model[2]._fusednorm_backend = "reference"
     model[1].eval()
     params = {id(p) for p in model.parameters()}
     bufs = {id(b) for b in model.buffers()}
@@ -386,7 +386,7 @@ def test_convert_sync_batchnorm():
     assert {id(p) for p in model.parameters()} == params
     assert {id(b) for b in model.buffers()} == bufs
     assert not model[1].training and model[2].training
-    assert model[2].weight.dtype == torch.float64 and model[2]._fusednorm_backend == "torch"
+    assert model[2].weight.dtype == torch.float64 and model[2]._fusednorm_backend == "reference"
     assert model[3][0].momentum is None and model[3][0].num_features == 6
     single = SyncBatchNorm.convert_sync_batchnorm(tnn.BatchNorm3d(2))
     assert type(single) is SyncBatchNorm and isinstance(single, tnn.SyncBatchNorm)

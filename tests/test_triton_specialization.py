@@ -38,7 +38,7 @@ for name in mods:
 """
 
 MODULES = ["fusednorm.kernels.layer_norm", "fusednorm.kernels.group_norm",
-           "fusednorm.kernels.batch_norm"]
+           "fusednorm.kernels.batch_norm", "fusednorm.kernels.layer_norm_2d"]
 
 
 @pytest.mark.timeout(600)

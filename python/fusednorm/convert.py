@@ -40,8 +40,7 @@ def convert(module: torch.nn.Module, *, backend: Optional[str] = None, report: b
         raise TypeError(f"fusednorm.convert: module must be a torch.nn.Module, got "
                         f"{type(module).__name__}")
     if backend not in (None, "auto") and backend not in _backend._MODULES:
-        raise ValueError(f"fusednorm.convert: backend={backend!r}; expected None, 'auto' or "
-                         f"one of {sorted(_backend._MODULES)}")
+        raise ValueError(f"fusednorm.convert: {_backend.name_error(backend)}")
     if not isinstance(report, bool):
         raise TypeError(f"fusednorm.convert: report={report!r}; expected a bool")
     rep = _adapters.ConversionReport()

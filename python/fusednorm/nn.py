@@ -4,106 +4,75 @@ State dict keys, initialisation, ``extra_repr`` and ``isinstance`` checks are to
 optional instance attributes steer a module without changing its state:
 ``_fusednorm_backend`` (set by ``fusednorm.convert(model, backend=...)``) and
 ``_fusednorm_stats_hook`` (set by ``fusednorm.monitor``; called with the statistics the norm
-computed anyway).
+computed anyway).  What the modules share with SyncBatchNorm lives in ``_mixins.py``.
 """
 import torch
 from torch import Tensor
 
 from . import functional as F
+from ._mixins import BatchNormMixin, Fused, backend_of, emit_raw
+from .sync_batch_norm import SyncBatchNorm
 
-__all__ = ["LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm"]
-
-
-def _emit(module, kind, stats):
-    hook = getattr(module, "_fusednorm_stats_hook", None)
-    if hook is not None and stats is not None:
-        hook(module, kind, {k: (v.detach() if isinstance(v, Tensor) else v)
-                            for k, v in stats.items()})
+__all__ = ["LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d",
+           "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm"]
 
 
-def _emit_raw(module, kind, mean, rstd, var, eps, count):
-    """Hand the norm's own statistics to the statistics hook, if one is set (the dict is
-    built only then: a plain forward pays one attribute lookup)."""
-    hook = module.__dict__.get("_fusednorm_stats_hook")
-    if hook is not None and rstd is not None:
-        _emit(module, kind, {"mean": mean, "rstd": rstd, "var": var, "eps": eps,
-                             "count": count})
-
-
-def _backend(module):
-    return module.__dict__.get("_fusednorm_backend")
-
-
-class _Fused:
-    """Marks fusednorm's modules in their repr (``LayerNorm(...)`` prints as
-    ``fusednorm.LayerNorm(...)``), so a converted model shows what was swapped."""
-
-    def _get_name(self):
-        return "fusednorm." + type(self).__name__
-
-
-class LayerNorm(_Fused, torch.nn.LayerNorm):
+class LayerNorm(Fused, torch.nn.LayerNorm):
     def forward(self, input: Tensor) -> Tensor:
         out, mean, rstd, eps, n = F._layer_norm("layer_norm", input, self.normalized_shape,
                                                 self.weight, self.bias, self.eps, None, False,
-                                                _backend(self), False)
-        _emit_raw(self, "layer_norm", mean, rstd, None, eps, n)
+                                                backend_of(self), False)
+        emit_raw(self, "layer_norm", mean, rstd, None, eps, n)
         return out
 
 
-class RMSNorm(_Fused, torch.nn.RMSNorm):
+class LayerNorm2d(Fused, torch.nn.LayerNorm):
+    """LayerNorm over the channels of (N, C, H, W) (any number of spatial dims): timm's
+    ``LayerNorm2d`` -- the same base class (``torch.nn.LayerNorm`` with normalized_shape
+    (C,)), constructor, parameters and state_dict keys, so a timm checkpoint loads -- on
+    ``fusednorm.layer_norm_2d``: NCHW and channels_last read in place, no permute copies."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, **kwargs):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, mean, rstd, eps, n = F._layer_norm_2d("layer_norm_2d", x, self.weight, self.bias,
+                                                   self.eps, backend_of(self))
+        emit_raw(self, "layer_norm", mean, rstd, None, eps, n)
+        return out
+
+
+class RMSNorm(Fused, torch.nn.RMSNorm):
     def forward(self, x: Tensor) -> Tensor:
         out, mean, rstd, eps, n = F._layer_norm("rms_norm", x, self.normalized_shape,
                                                 self.weight, None, self.eps, None, False,
-                                                _backend(self), True)
-        _emit_raw(self, "rms_norm", mean, rstd, None, eps, n)
+                                                backend_of(self), True)
+        emit_raw(self, "rms_norm", mean, rstd, None, eps, n)
         return out
 
 
-class GroupNorm(_Fused, torch.nn.GroupNorm):
+class GroupNorm(Fused, torch.nn.GroupNorm):
     def forward(self, input: Tensor) -> Tensor:
         out, mean, rstd, eps, n = F._group_norm("group_norm", input, self.num_groups,
                                                 self.weight, self.bias, self.eps, None,
-                                                _backend(self))
-        _emit_raw(self, "group_norm", mean, rstd, None, eps, n)
+                                                backend_of(self))
+        emit_raw(self, "group_norm", mean, rstd, None, eps, n)
         return out
 
 
-class _BatchNormMixin(_Fused):
-    def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
-        # torch's _BatchNorm.forward bookkeeping, done by the backend's kernels: in training
-        # with tracked statistics num_batches_tracked is incremented on the device, and
-        # momentum=None (cumulative average) takes 1 / num_batches_tracked there -- no host
-        # synchronization.  An empty batch does not count as a step.
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_running = not self.training or self.track_running_stats
-        nbt = self.num_batches_tracked if self.training and self.track_running_stats else None
-        out, mean, rstd, var, eps, n = F._batch_norm(
-            "batch_norm", input, self.running_mean if use_running else None,
-            self.running_var if use_running else None, self.weight, self.bias, bn_training,
-            self.momentum if nbt is not None else (
-                0.0 if self.momentum is None else self.momentum),
-            self.eps, _backend(self), nbt)
-        if bn_training:
-            _emit_raw(self, "batch_norm", mean, rstd, var, eps, n)
-        return out
+class BatchNorm1d(BatchNormMixin, torch.nn.BatchNorm1d):
+    forward = BatchNormMixin.forward
 
 
-class BatchNorm1d(_BatchNormMixin, torch.nn.BatchNorm1d):
-    forward = _BatchNormMixin.forward
+class BatchNorm2d(BatchNormMixin, torch.nn.BatchNorm2d):
+    forward = BatchNormMixin.forward
 
 
-class BatchNorm2d(_BatchNormMixin, torch.nn.BatchNorm2d):
-    forward = _BatchNormMixin.forward
+class BatchNorm3d(BatchNormMixin, torch.nn.BatchNorm3d):
+    forward = BatchNormMixin.forward
 
 
-class BatchNorm3d(_BatchNormMixin, torch.nn.BatchNorm3d):
-    forward = _BatchNormMixin.forward
-
-
-class _InstanceNormMixin(_Fused):
+class _InstanceNormMixin(Fused):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         no_batch = self._get_no_batch_dim()
@@ -120,8 +89,8 @@ class _InstanceNormMixin(_Fused):
         out, mean, rstd, eps, n = F._instance_norm(
             "instance_norm", x, self.running_mean, self.running_var, self.weight, self.bias,
             use_input_stats, self.momentum if self.momentum is not None else 0.0, self.eps,
-            _backend(self))
-        _emit_raw(self, "instance_norm", mean, rstd, None, eps, n)
+            backend_of(self), stats="_fusednorm_stats_hook" in self.__dict__)
+        emit_raw(self, "instance_norm", mean, rstd, None, eps, n)
         return out.squeeze(0) if unbatched else out
 
 
@@ -143,9 +112,5 @@ SWAPS = {
     torch.nn.BatchNorm1d: BatchNorm1d, torch.nn.BatchNorm2d: BatchNorm2d,
     torch.nn.BatchNorm3d: BatchNorm3d, torch.nn.InstanceNorm1d: InstanceNorm1d,
     torch.nn.InstanceNorm2d: InstanceNorm2d, torch.nn.InstanceNorm3d: InstanceNorm3d,
+    torch.nn.SyncBatchNorm: SyncBatchNorm,
 }
-
-# SyncBatchNorm builds on _BatchNormMixin above, so it is imported last.
-from .sync_batch_norm import SyncBatchNorm  # noqa: E402
-
-SWAPS[torch.nn.SyncBatchNorm] = SyncBatchNorm

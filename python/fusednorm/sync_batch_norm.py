@@ -30,7 +30,7 @@ from torch import Tensor
 from . import _backend
 from . import _validate as V
 from ._layout import spatial
-from .nn import _BatchNormMixin, _backend as _module_backend, _emit
+from ._mixins import BatchNormMixin, backend_of, emit
 from .ops._common import laid_out_like, stat_dtype
 from .reference._common import channel as _channel
 
@@ -136,14 +136,16 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
             group = self.process_group or dist.group.WORLD
             world_size = dist.get_world_size(group)
         if group is None or world_size == 1:
-            return _BatchNormMixin.forward(self, input)
+            return BatchNormMixin.forward(self, input)
 
         fn = "batch_norm"
         c = input.shape[1]
         V.check_param(fn, "weight", self.weight, (c,), input)
         V.check_param(fn, "bias", self.bias, (c,), input)
         eps = V.check_eps(fn, self.eps)
-        name = _backend.resolve(fn, "batch_norm", _module_backend(self), input)
+        # torch's own kernels have no collective statistics: on a CPU "auto" is the reference
+        name = _backend.resolve(fn, "batch_norm", backend_of(self), input,
+                                "SyncBatchNorm statistics")
         x = spatial(input)
         out, mean, var, total = _SyncBatchNormFn.apply(x, self.weight, self.bias, eps, group,
                                                        world_size, name)
@@ -151,7 +153,7 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
             self._update_running(mean, var, total)
         if getattr(self, "_fusednorm_stats_hook", None) is not None:
             # Global statistics; count is a device tensor here (no host sync to read it).
-            _emit(self, "batch_norm", {"mean": mean.float(), "var": var.float(),
+            emit(self, "batch_norm", {"mean": mean.float(), "var": var.float(),
                                        "rstd": torch.rsqrt(var + eps).float(), "eps": eps,
                                        "count": total})
         return out

@@ -252,7 +252,7 @@ ADAPTERS: Tuple[Adapter, ...] = (
         math="torch.nn.LayerNorm over the last dim (channels_last), or over the channels of an "
              "NCHW tensor through a permuted view (channels_first)",
         composition="channels_last: fusednorm.nn.LayerNorm's forward; channels_first: "
-                    "fusednorm.layer_norm on the NHWC view (adapters._math.layer_norm_2d)",
+                    "fusednorm.layer_norm_2d (NCHW read in place)",
         classes=_tx(_classes.CONVNEXT_LN),
         fingerprints={"10f08e0c4c2b77a5": None},
         forward=_convnext_hf_fwd, dtypes=_ANY, check=_convnext_hf, version=_TX),
@@ -260,7 +260,7 @@ ADAPTERS: Tuple[Adapter, ...] = (
         "layer_norm_2d",
         math="F.layer_norm over the channels of an NCHW tensor: permute to NHWC, normalize the "
              "last dim, permute back",
-        composition="fusednorm.layer_norm on the NHWC view (adapters._math.layer_norm_2d)",
+        composition="fusednorm.layer_norm_2d (NCHW and channels_last read in place)",
         classes=("timm.layers.norm:LayerNorm2d",) + _tx(_classes.LAYER_NORM_2D),
         fingerprints={"4aaaca8e2f1f1bca": None,    # timm 1.0.31 (fast_norm branch)
                       "7bc2408463b472a4": None},   # transformers' EoMT copies
@@ -303,7 +303,7 @@ ADAPTERS: Tuple[Adapter, ...] = (
     Adapter(
         "layer_norm_2d_fp32",
         math="layer_norm_2d in fp32 with fp32 parameters, one rounding to x.dtype",
-        composition="fusednorm.layer_norm on the NHWC view with w.float(), b.float()",
+        composition="fusednorm.layer_norm_2d with w.float(), b.float()",
         classes=("timm.layers.norm:LayerNorm2dFp32",),
         fingerprints={"6430c6effeba0ea9": None},
         forward=_layer_norm_2d_fp32, check=None, version="timm 1.0.31"),

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..functional import layer_norm, rms_norm
+from ..functional import layer_norm, layer_norm_2d as _layer_norm_2d, rms_norm
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -81,9 +81,8 @@ def rms_norm_fp32(x: Tensor, normalized_shape: Sequence[int], weight: Optional[T
 
 def layer_norm_2d(x: Tensor, normalized_shape: Sequence[int], weight: Optional[Tensor],
                   bias: Optional[Tensor], eps: float, backend=None) -> Tensor:
-    """LayerNorm over the channels of an NCHW tensor (timm's LayerNorm2d): fusednorm.layer_norm
-    on the NHWC view, the result viewed back as NCHW (channels_last strides, as the original's).
-    The NHWC view is read in place when x is channels_last; a contiguous NCHW x is copied once
-    to rows of C.  This is the one function to point at a dedicated layer_norm_2d op."""
-    y = layer_norm(x.permute(0, 2, 3, 1), normalized_shape, weight, bias, eps, backend=backend)
-    return y.permute(0, 3, 1, 2)
+    """LayerNorm over the channels of an NCHW tensor (timm's LayerNorm2d, the channels_first
+    ConvNeXt LayerNorms): ``fusednorm.layer_norm_2d``, which reads NCHW and channels_last in
+    place (no permuted copies); on torch's native kernels it is the original's composition
+    itself.  ``normalized_shape`` is the module's (C,), x.shape[1]."""
+    return _layer_norm_2d(x, weight, bias, eps, backend=backend)

@@ -1,7 +1,10 @@
-"""Backends: the functions every implementation (torch reference, Triton, CUDA) provides.
+"""Backends: the functions every implementation (reference, Triton, CUDA) provides.
 
 A backend is a Python module exposing ``SUPPORTED`` (a set of op names among "layer_norm",
-"group_norm", "batch_norm") and, for each supported op, the functions below.  The functional
+"group_norm", "batch_norm", "layer_norm_2d"), optionally ``DTYPES`` (default fp32, fp16,
+bf16) and, for each supported op, the functions below.  (``native.py``, torch's own kernels,
+is the one exception: ``NATIVE = True``, differentiable torch ops that the functional layer
+calls directly on both paths -- see that module.)  The functional
 layer validates arguments, reshapes and picks the backend, and ``fusednorm/ops`` calls these
 -- from the eager autograd.Function or from the torch.library op, the same calls either way;
 nothing the contract excludes is passed, so backends do not re-validate user input, and
@@ -62,6 +65,22 @@ instance_norm_running(mean, rstd, running_mean, running_var, momentum: float, ep
         running_mean <- (1 - momentum) * running_mean + momentum * mean over n of mean
         running_var  <- (1 - momentum) * running_var  + momentum * mean over n of the
                         unbiased variance (1/rstd^2 - eps, clamped at 0, * S / (S - 1))
+
+layer_norm_2d  (LayerNorm over the channels of (N, C, *spatial): timm's LayerNorm2d)
+--------------------------------------------------------------------------------
+layer_norm_2d_fwd(x, weight, bias, eps: float)
+    x: (N, C, *spatial), x.is_contiguous() or channels_last(_3d) (4-D/5-D); numel > 0
+    weight, bias: None or (C,)
+    At each (n, position) over the C channels:
+        y = (x - mean) * rstd * w[c] + b[c],  rstd = 1/sqrt(var + eps), var biased
+    -> out: same shape, dtype and memory format (strides) as x
+       mean (N, *spatial) fp32, rstd (N, *spatial) fp32
+
+layer_norm_2d_bwd(dy, x, weight, bias, mean, rstd)
+    dy: same shape and memory format as x; bias: only its presence and dtype matter
+    dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  g = dy * w[c]
+    -> dx (memory format of x), dweight (C,) or None, dbias (C,) or None, deterministic
+       (Triton: per-program fp32 partial rows, then a fixed-order column sum: two launches)
 
 batch_norm  (BatchNorm1d/2d/3d: x is (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W))
 ---------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ _FUNCS = {
     "group_norm": ("fusednorm.kernels.group_norm", ("group_norm_fwd", "group_norm_bwd",
                                                      "instance_norm_running")),
     "batch_norm": ("fusednorm.kernels.batch_norm", ("batch_norm_fwd", "batch_norm_bwd")),
+    "layer_norm_2d": ("fusednorm.kernels.layer_norm_2d", ("layer_norm_2d_fwd",
+                                                           "layer_norm_2d_bwd")),
 }
 
 if _TRITON_ERROR is None:

@@ -17,4 +17,4 @@ op boundary as empty tensors (custom ops cannot return None) and are turned back
 run the same two functions per norm (``fwd`` and ``bwd`` below), so their outputs,
 statistics and gradients are bitwise the same (tests/test_paths.py).
 """
-from . import batch_norm, group_norm, layer_norm  # noqa: F401  (registers the ops)
+from . import batch_norm, group_norm, layer_norm, layer_norm_2d  # noqa: F401  (registers the ops)

@@ -24,6 +24,9 @@ def backend_module(name: str):
     if mod is None:  # resolve() already raised for explicit requests; this is a safety net
         raise RuntimeError(f"fusednorm: backend {name!r} is not available: "
                            f"{_backend.available_backends()[name]}")
+    if getattr(mod, "NATIVE", False):  # torch's own ops are called directly, never from here
+        raise RuntimeError(f"fusednorm: backend {name!r} runs torch's own ops, not through "
+                           "fusednorm's custom ops")
     return mod
 
 

@@ -1,5 +1,12 @@
 """GroupNorm (InstanceNorm is G = C): the eager autograd.Function and the torch.library ops
-(``fusednorm::group_norm_fwd`` / ``_bwd``) over one pair of backend calls."""
+(``fusednorm::group_norm_fwd`` / ``_bwd``) over one pair of backend calls.
+
+``instance=True`` (InstanceNorm) adds torch's batch-norm rule for eps == 0: an instance of
+zero variance gets rstd = 0 (ATen's InvStd), so its output is the bias and its gradients are
+0, where GroupNorm's 1/sqrt(0 + 0) gives NaN (as torch's group_norm does).  The backends
+compute rstd = inf there; ``fwd`` rewrites those instances (only when eps == 0), and the
+backward, which recomputes x̂ = (x - mean) * rstd from the saved rstd, then gives torch's
+zeros."""
 from typing import Optional, Tuple
 
 import torch
@@ -9,12 +16,25 @@ from ._common import backend_module, fast_apply, laid_out_like, opt, or_empty, s
 
 
 # ------------------------------------------------------------------- the backend calls
-def fwd(mod, x, weight, bias, num_groups, eps, activation):
+def fwd(mod, x, weight, bias, num_groups, eps, activation, instance=False):
     """-> (out with x's strides, mean (N, G), rstd (N, G))."""
     if x.numel() == 0:
         stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x))
         return torch.empty_like(x), stats, stats.clone()
-    return mod.group_norm_fwd(x, weight, bias, num_groups, eps, activation)
+    out, mean, rstd = mod.group_norm_fwd(x, weight, bias, num_groups, eps, activation)
+    if instance and eps == 0.0:
+        out, rstd = _zero_variance(x, out, rstd, bias)
+    return out, mean, rstd
+
+
+def _zero_variance(x, out, rstd, bias):
+    """InstanceNorm with eps == 0: rstd 0 and output = bias (or 0) where the variance is 0."""
+    bad = torch.isinf(rstd)                                      # (N, C)
+    view = bad.shape + (1,) * (x.dim() - 2)
+    fill = out.new_zeros(()) if bias is None else \
+        bias.to(out.dtype).view((1, -1) + (1,) * (x.dim() - 2))
+    fixed = laid_out_like(torch.where(bad.view(view), fill, out), x)
+    return fixed, rstd.masked_fill(bad, 0.0)
 
 
 def bwd(mod, dy, x, weight, bias, mean, rstd, num_groups, activation):
@@ -31,8 +51,8 @@ class GroupNormFn(torch.autograd.Function):
     """-> out; the statistics (mean, rstd) go to ``sink``, a list, instead of being outputs."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps, activation, mod, sink):
-        out, mean, rstd = fwd(mod, x, weight, bias, num_groups, eps, activation)
+    def forward(ctx, x, weight, bias, num_groups, eps, activation, mod, sink, instance):
+        out, mean, rstd = fwd(mod, x, weight, bias, num_groups, eps, activation, instance)
         sink += (mean, rstd)
         ctx.mod, ctx.num_groups, ctx.activation = mod, num_groups, activation
         ctx.save_for_backward(x, weight, bias, mean, rstd)
@@ -42,38 +62,39 @@ class GroupNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         if dout is None:
-            return (None,) * 8
+            return (None,) * 9
         x, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dw, db = bwd(ctx.mod, dout, x, weight, bias, mean, rstd, ctx.num_groups,
                          ctx.activation)
-        return dx, dw, db, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None
 
 
 _apply = fast_apply(GroupNormFn)
 
 
-def eager(x, weight, bias, num_groups, eps, activation, mod):
+def eager(x, weight, bias, num_groups, eps, activation, mod, instance=False):
     """-> (out, mean, rstd); no autograd bookkeeping when nothing needs a gradient."""
     if torch.is_grad_enabled() and (x.requires_grad or (
             weight is not None and weight.requires_grad) or (
             bias is not None and bias.requires_grad)):
         stats = []
-        out = _apply(x, weight, bias, num_groups, eps, activation, mod, stats)
+        out = _apply(x, weight, bias, num_groups, eps, activation, mod, stats, instance)
         return out, stats[0], stats[1]
-    return fwd(mod, x, weight, bias, num_groups, eps, activation)
+    return fwd(mod, x, weight, bias, num_groups, eps, activation, instance)
 
 
 # ----------------------------------------------------------- torch.library ops (compile)
 @torch.library.custom_op("fusednorm::group_norm_fwd", mutates_args=())
 def group_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                   num_groups: int, eps: float, activation: str, backend: str
-                   ) -> Tuple[Tensor, Tensor, Tensor]:
+                   num_groups: int, eps: float, activation: str, backend: str,
+                   instance: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """-> (out with x's strides, mean (N, G), rstd (N, G))."""
-    return fwd(backend_module(backend), x, weight, bias, num_groups, eps, activation)
+    return fwd(backend_module(backend), x, weight, bias, num_groups, eps, activation,
+               instance)
 
 
 @group_norm_fwd.register_fake
-def _(x, weight, bias, num_groups, eps, activation, backend):
+def _(x, weight, bias, num_groups, eps, activation, backend, instance=False):
     stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x))
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
@@ -95,7 +116,7 @@ def _(dy, x, weight, bias, mean, rstd, num_groups, activation, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, num_groups, eps, activation, backend = inputs
+    x, weight, bias, num_groups, eps, activation, backend, _instance = inputs
     _, mean, rstd = output
     ctx.num_groups, ctx.activation, ctx.backend = num_groups, activation, backend
     ctx.save_for_backward(x, weight, bias, mean, rstd)
@@ -107,14 +128,14 @@ def _backward(ctx, dout, _dmean, _drstd):
     dx, dw, db = group_norm_bwd(dout, x, weight, bias, mean, rstd, ctx.num_groups,
                                 ctx.activation, ctx.backend)
     return (dx, opt(dw) if weight is not None else None, opt(db) if bias is not None else None,
-            None, None, None, None)
+            None, None, None, None, None)
 
 
 group_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def traced(x, weight, bias, num_groups, eps, activation, backend: str):
-    return group_norm_fwd(x, weight, bias, num_groups, eps, activation, backend)
+def traced(x, weight, bias, num_groups, eps, activation, backend: str, instance=False):
+    return group_norm_fwd(x, weight, bias, num_groups, eps, activation, backend, instance)
 
 
 # InstanceNorm's running statistics, updated by the backend from the instance statistics of
