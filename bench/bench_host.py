@@ -81,6 +81,8 @@ def cases(device: str):
             t[0], rm, rv, t[1], t[2], training=True, backend=be)),
         "batch_norm (eval)": ((img, cw, cb), lambda t, be: fusednorm.batch_norm(
             t[0], rm, rv, t[1], t[2], training=False, backend=be)),
+        "layer_norm_2d": ((img, cw, cb), lambda t, be: fusednorm.layer_norm_2d(
+            t[0], t[1], t[2], backend=be)),
     }
 
 

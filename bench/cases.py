@@ -15,12 +15,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 1e-5
+EPS_LN2D = 1e-6  # timm's LayerNorm2d default (ConvNeXt), also fusednorm.layer_norm_2d's
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PASSES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm")
+OPS = ("layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm", "layer_norm_2d")
 # Short names accepted by --norms.
 OP_ALIASES = {"ln": "layer_norm", "rms": "rms_norm", "rmsnorm": "rms_norm", "gn": "group_norm",
-              "in": "instance_norm", "bn": "batch_norm"}
+              "in": "instance_norm", "bn": "batch_norm", "ln2d": "layer_norm_2d"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,7 +32,7 @@ class Case:
     """One benchmark shape.
 
     op:      one of OPS
-    shape:   LN/RMS: (M, N) rows x hidden; GN/IN/BN: (N, C, *spatial)
+    shape:   LN/RMS: (M, N) rows x hidden; GN/IN/BN/LN2d: (N, C, *spatial)
     dtype:   "bf16" | "fp16" | "fp32" (input, output and -- except BN -- parameter dtype)
     layout:  "rows" (LN/RMS), "nchw" (contiguous) or "nhwc" (channels_last / channels_last_3d)
     variant: "" | "prenorm" (LN/RMS: x + residual fused, both outputs) | "silu" (GN + SiLU)
@@ -65,12 +66,12 @@ class Case:
     @property
     def param_dtype(self) -> torch.dtype:
         # BatchNorm parameters stay fp32 under mixed precision (what AMP training does);
-        # LN/RMS/GN/IN parameters follow the activations (pure-bf16 LLM / diffusion checkpoints).
+        # LN/RMS/GN/IN/LN2d parameters follow the activations (pure-bf16 LLM / diffusion checkpoints).
         return torch.float32 if self.op == "batch_norm" else self.torch_dtype
 
     @property
     def n_param(self) -> int:
-        """Elements of one parameter vector: hidden size for LN/RMS, channels elsewhere."""
+        """Elements of one parameter vector: hidden size for LN/RMS, channels elsewhere (LN2d: C)."""
         return self.shape[-1] if self.op in ("layer_norm", "rms_norm") else self.shape[1]
 
     @property
@@ -95,6 +96,7 @@ class Case:
 #   BN train bwd: read x, dy for the reductions, again for dx, write dx  = 5
 #   BN eval fwd: read x, write y                                  = 2
 #   GN/IN fwd 2, bwd 3 (as LN; a group fits on chip or is re-read from L2)
+#   LN2d (LayerNorm over C at each pixel) fwd 2, bwd 3 (as LN: one mean/rstd per pixel = per row)
 # plus parameters: the forward reads weight (and bias), the backward reads weight and writes
 # the gradient of each affine parameter. Statistics (mean/rstd) are ignored: O(rows).
 ACT_FACTOR = {
@@ -103,6 +105,7 @@ ACT_FACTOR = {
     ("batch_norm", "", "fwd"): 3, ("batch_norm", "", "bwd"): 5,
     ("batch_norm", "eval", "fwd"): 2, ("batch_norm", "eval", "bwd"): 3,
     ("group_norm", "", "fwd"): 2, ("group_norm", "", "bwd"): 3,
+    ("layer_norm_2d", "", "fwd"): 2, ("layer_norm_2d", "", "bwd"): 3,
 }
 
 
@@ -140,7 +143,7 @@ def case_bytes(case: Case, pass_: str) -> int:
 # --------------------------------------------------------------------------------------------
 NORM_MODULES = {"layer_norm": "bench_layer_norm", "rms_norm": "bench_layer_norm",
                 "group_norm": "bench_group_norm", "instance_norm": "bench_instance_norm",
-                "batch_norm": "bench_batch_norm"}
+                "batch_norm": "bench_batch_norm", "layer_norm_2d": "bench_layer_norm_2d"}
 
 
 def parse_norms(text: str) -> list:

@@ -28,7 +28,7 @@ DO_TUNE=${GPU_CHECK_TUNE:-1}
 [ "$DO_BENCH" = 0 ] && DO_TUNE=0
 TUNE_S=${GPU_CHECK_TUNE_S:-90}
 [ "$DO_TUNE" = 0 ] && TUNE_S=0
-BENCH_MIN=110   # quick benchmark: ~18 cases x providers x passes, wall + kernel time
+BENCH_MIN=110   # quick benchmark: ~22 cases x providers x passes, wall + kernel time
 HOST_S=20       # bench/bench_host.py
 [ "$DO_BENCH" = 0 ] && { BENCH_MIN=0; HOST_S=0; }
 # what the steps after the tests need

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.cases import EPS, OPS, ROOT, Case
+from bench.cases import EPS, EPS_LN2D, OPS, ROOT, Case
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,7 +61,8 @@ def fusednorm_backends() -> dict:
 # Providers
 # --------------------------------------------------------------------------------------------
 def eager(case: Case, p: dict):
-    """The torch.nn.functional formulation: torch eager, and the input of torch.compile."""
+    """The torch.nn.functional formulation: torch eager, and the input of torch.compile
+    (LayerNorm2d: timm's, a permuted F.layer_norm)."""
     op, v = case.op, case.variant
     if op in ("layer_norm", "rms_norm"):
         N = case.shape[-1]
@@ -83,6 +84,13 @@ def eager(case: Case, p: dict):
         training = v != "eval"
         return lambda x, residual=None: F.batch_norm(x, p["running_mean"], p["running_var"], p["weight"],
                                                      p["bias"], training=training, momentum=0.1, eps=EPS)
+    if op == "layer_norm_2d":
+        # timm.layers.LayerNorm2d.forward (timm 1.0): F.layer_norm over the NHWC view, permuted
+        # back; no .contiguous() -- F.layer_norm copies an NCHW input's permuted view itself, and
+        # the output has channels_last strides either way.
+        C = case.shape[1]
+        return lambda x, residual=None: F.layer_norm(x.permute(0, 2, 3, 1), (C,), p["weight"], p["bias"],
+                                                     EPS_LN2D).permute(0, 3, 1, 2)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -132,6 +140,8 @@ def _fusednorm_call(fn, backend: str, case: Case, p: dict):
         return lambda x, residual=None: fn.batch_norm(x, p["running_mean"], p["running_var"], p["weight"],
                                                       p["bias"], training=training, momentum=0.1, eps=EPS,
                                                       backend=backend)
+    if op == "layer_norm_2d":
+        return lambda x, residual=None: fn.layer_norm_2d(x, p["weight"], p["bias"], EPS_LN2D, backend=backend)
     raise ValueError(f"unknown op {op!r}")
 
 

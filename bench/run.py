@@ -1,6 +1,6 @@
 """Entry point of the fusednorm microbenchmarks.
 
-    python bench/run.py [--quick] [--norms ln,rms,gn,in,bn] [--providers a,b] [--out DIR]
+    python bench/run.py [--quick] [--norms ln,rms,gn,in,bn,ln2d] [--providers a,b] [--out DIR]
     python -m bench ...
 
 With a CUDA device: measures the copy bandwidth, then every case x provider x pass -- wall time
@@ -40,7 +40,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the small subset (< 4 min on an H100)")
     p.add_argument("--norms", default=",".join(OPS),
-                   help="comma list of ln, rms, gn, in, bn (or full names); default all")
+                   help="comma list of ln, rms, gn, in, bn, ln2d (or full names); default all")
     p.add_argument("--providers", default=None,
                    help=f"comma list among {', '.join(PROVIDERS)}; default "
                         f"{','.join(DEFAULT_PROVIDERS)} (CUDA) / fusednorm-torch,torch (CPU)")

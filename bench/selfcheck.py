@@ -22,7 +22,7 @@ from bench.providers import fusednorm_backends, import_fusednorm, reference_back
 
 # Small, awkward shapes: odd sizes, rows that are not a power of two.
 SHAPES = {"layer_norm": (37, 200), "rms_norm": (37, 200), "group_norm": (3, 12, 5, 7),
-          "instance_norm": (3, 6, 5, 7), "batch_norm": (4, 6, 5, 7)}
+          "instance_norm": (3, 6, 5, 7), "batch_norm": (4, 6, 5, 7), "layer_norm_2d": (3, 12, 5, 7)}
 # fp32: the backend's rounding only (fp32 statistics, weight grads summed over <= 140 values);
 # bf16: a few ulps of bf16 (2^-8) relative to the tensor's scale.
 TOL = {"fp32": (1e-4, 1e-4), "bf16": (2e-2, 3e-2)}
@@ -40,6 +40,8 @@ def _call(fn, op, x, w, b, backend, rm=None, rv=None):
         return fn.instance_norm(x, None, None, w, b, use_input_stats=True, eps=1e-5, backend=backend)
     if op == "batch_norm":
         return fn.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5, backend=backend)
+    if op == "layer_norm_2d":
+        return fn.layer_norm_2d(x, w, b, 1e-6, backend=backend)
     raise ValueError(op)
 
 

@@ -1,7 +1,7 @@
 """Tune the Triton launch parameters on the benchmark shapes and write the table the launch
 heuristics read (``kernels/tuned_configs.json``, format in ``kernels/_tuning.py``).
 
-    python bench/tune.py [--budget-s 280] [--norms ln,rms,gn,in,bn] [--full] [--out DIR]
+    python bench/tune.py [--budget-s 280] [--norms ln,rms,gn,in,bn,ln2d] [--full] [--out DIR]
                          [--table PATH] [--min-gain 0.03] [--warmup-ms 5] [--rep-ms 20]
     python bench/tune.py --dry-run [--out DIR]        # no GPU needed: the plumbing only
 
@@ -60,11 +60,12 @@ TABLE = ROOT / "kernels" / "tuned_configs.json"
 # The kernel module that holds an op's launchers (RMSNorm shares LayerNorm's).
 KERNEL_MODULES = {"layer_norm": ("layer_norm",), "rms_norm": ("rms_norm", "layer_norm"),
                   "group_norm": ("group_norm",), "instance_norm": ("instance_norm",),
-                  "batch_norm": ("batch_norm",)}
+                  "batch_norm": ("batch_norm",), "layer_norm_2d": ("layer_norm_2d",)}
 # --dry-run: small stand-ins (same op, dtype and layout) that the interpreter runs in well under
 # a second; GroupNorm keeps G = 32 with 2 channels per group.
 TINY_SHAPES = {"layer_norm": (4, 256), "rms_norm": (4, 256), "group_norm": (2, 64, 4, 4),
-               "instance_norm": (2, 8, 4, 4), "batch_norm": (4, 8, 4, 4)}
+               "instance_norm": (2, 8, 4, 4), "batch_norm": (4, 8, 4, 4),
+               "layer_norm_2d": (2, 32, 4, 4)}
 DEFAULT_BUDGET_S = 280.0
 
 
@@ -466,7 +467,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python bench/tune.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                    help=f"no new target starts after this many seconds (default {DEFAULT_BUDGET_S:.0f})")
-    p.add_argument("--norms", default=",".join(OPS), help="comma list of ln, rms, gn, in, bn")
+    p.add_argument("--norms", default=",".join(OPS), help="comma list of ln, rms, gn, in, bn, ln2d")
     p.add_argument("--full", action="store_true", help="every benchmark case, not the quick ones")
     p.add_argument("--table", default=None, help=f"the table to merge into (default {TABLE})")
     p.add_argument("--out", default=None, help="report folder (default $FUSEDNORM_OUT or "

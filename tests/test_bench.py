@@ -60,6 +60,23 @@ def test_bytes_model_conv_norms():
         bytes_model("layer_norm", "sideways", 1, 2)
 
 
+def test_bytes_model_layer_norm_2d():
+    # LayerNorm2d (ConvNeXt-T stage 1, batch 32): fwd 2s (read x, write y), bwd 3s (read x, dy,
+    # write dx) per element, as LN; weight and bias of C in the activation dtype
+    n = 32 * 96 * 56 * 56
+    for lay in ("nchw", "nhwc"):
+        c = Case("layer_norm_2d", (32, 96, 56, 56), "bf16", lay)
+        assert c.layout == lay and c.n_param == 96 and c.param_dtype == torch.bfloat16
+        assert case_bytes(c, "fwd") == 2 * n * 2 + 2 * 96 * 2 == 38_535_552
+        assert case_bytes(c, "bwd") == 3 * n * 2 + 3 * 96 * 2 == 57_803_328
+        assert case_bytes(c, "fwd+bwd") == 5 * n * 2 + 5 * 96 * 2
+    f = Case("layer_norm_2d", (32, 96, 56, 56), "fp32")
+    assert f.layout == "nchw" and f.param_dtype == torch.float32
+    assert case_bytes(f, "fwd") == 2 * n * 4 + 2 * 96 * 4
+    assert case_bytes(f, "bwd") == 3 * n * 4 + 3 * 96 * 4
+    assert bytes_model("layer_norm_2d", "fwd", n, 2, 96, 2) == bytes_model("layer_norm", "fwd", n, 2, 96, 2)
+
+
 # ---------------------------------------------------------------- derived numbers and formats
 def _rows():
     meta = {"gpu": "TestGPU", "torch": "t", "triton": "tr", "cuda": "c", "commit": "abc", "date": "d"}
@@ -346,4 +363,135 @@ def test_parse_norms():
             assert ("group_norm", (32, 320, 64, 64), dt, lay) in have
             assert ("batch_norm", (256, 256, 28, 28), dt, lay) in have
         assert ("instance_norm", (32, 64, 128, 128), dt, "nchw") in have
+    for C, hw in ((96, 56), (384, 14)):
+        for lay in ("nchw", "nhwc"):
+            assert ("layer_norm_2d", (32, C, hw, hw), "bf16", lay) in have
     assert sum(c.compile for c in quick) <= 6   # compile time dominates the quick run
+    assert parse_norms("ln2d,ln") == ["layer_norm_2d", "layer_norm"]
+
+
+# ---------------------------------------------------------------- LayerNorm2d (timm's, ConvNeXt)
+def test_layer_norm_2d_cases():
+    from bench import bench_layer_norm_2d
+    stages = [(32, 96, 56, 56), (32, 192, 28, 28), (32, 384, 14, 14), (32, 768, 7, 7)]
+    full = cases.get_cases(["layer_norm_2d"], quick=False)
+    assert full == bench_layer_norm_2d.cases(False)
+    assert sorted((c.shape, c.dtype, c.layout) for c in full) == sorted(
+        [(s, "bf16", lay) for s in stages for lay in ("nchw", "nhwc")]
+        + [((32, 96, 56, 56), "fp32", lay) for lay in ("nchw", "nhwc")])
+    quick = cases.get_cases(["layer_norm_2d"], quick=True)
+    assert [(c.shape, c.dtype, c.layout) for c in quick] == [
+        (s, "bf16", lay) for s in (stages[0], stages[2]) for lay in ("nchw", "nhwc")]
+    assert sum(c.compile for c in quick) == 1
+    assert len({c.key for c in full}) == len(full)
+    for c in full + quick:
+        assert c.op == "layer_norm_2d" and not c.variant and c.groups == 0 and c.model
+        assert c.passes == cases.PASSES
+    # every op has its cases file, a self-check shape and a tuner stand-in
+    from bench import selfcheck, tune
+    for op in cases.OPS:
+        assert op in cases.NORM_MODULES and op in selfcheck.SHAPES and op in tune.TINY_SHAPES
+        assert op in tune.KERNEL_MODULES
+
+
+def _ln2d(shape=(2, 12, 5, 7), dtype="fp32", layout="nchw"):
+    case = Case("layer_norm_2d", shape, dtype, layout)
+    return case, inputs.make_params(case, "cpu"), inputs.make_buffers(case, "cpu", 1)[0]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_layer_norm_2d_eager_is_timm(layout):
+    """The "torch" provider is timm's LayerNorm2d: same values, same (channels_last) strides,
+    eps 1e-6; fusednorm's reference provider agrees with it and keeps the input's layout."""
+    case, p, b = _ln2d(layout=layout)
+    x = b["x"]
+    assert x.is_contiguous(memory_format=torch.channels_last) == (layout == "nhwc")
+    y = providers.eager(case, p)(x)
+    C = case.shape[1]
+    want = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (C,), p["weight"], p["bias"],
+                                          1e-6).permute(0, 3, 1, 2)
+    assert torch.equal(y, want) and y.stride() == want.stride()
+    assert y.is_contiguous(memory_format=torch.channels_last)     # what timm returns
+    ref = providers.PROVIDERS["fusednorm-torch"].build(case, p)(x)
+    assert ref.stride() == x.stride()
+    torch.testing.assert_close(ref, y, rtol=1e-5, atol=1e-5)
+    # eps is timm's 1e-6 (not the 1e-5 of the other ops) in both: visible where var ~ eps
+    xs = 1e-3 * x.detach()
+    ys = providers.eager(case, p)(xs)
+    torch.testing.assert_close(providers.PROVIDERS["fusednorm-torch"].build(case, p)(xs), ys,
+                               rtol=1e-4, atol=1e-4)
+    y5 = torch.nn.functional.layer_norm(xs.permute(0, 2, 3, 1), (C,), p["weight"], p["bias"],
+                                        1e-5).permute(0, 3, 1, 2)
+    assert (ys - y5).abs().max() > 0.1
+
+    from bench.bench_models import library_missing
+    if library_missing("timm"):
+        pytest.skip(library_missing("timm"))
+    from timm.layers import LayerNorm2d
+    m = LayerNorm2d(C)
+    with torch.no_grad():
+        m.weight.copy_(p["weight"])
+        m.bias.copy_(p["bias"])
+    t = m(x)
+    assert m.eps == 1e-6 and torch.equal(y, t) and y.stride() == t.stride()
+
+
+def test_layer_norm_2d_provider_support():
+    case, _, _ = _ln2d()
+    for name in ("fusednorm-triton", "fusednorm-cuda", "fusednorm-torch", "torch", "torch.compile"):
+        assert providers.PROVIDERS[name].supports(case) is True, name
+    for name in ("liger", "apex"):
+        assert providers.PROVIDERS[name].supports(case) == f"{name} has no layer_norm_2d"
+    assert isinstance(providers.PROVIDERS["torch.compile"].supports(
+        Case("layer_norm_2d", (32, 96, 56, 56), "fp32", compile=False)), str)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_harness_layer_norm_2d_cpu(tmp_path, layout):
+    """A tiny LayerNorm2d through the harness: reference backend and torch eager measured (bytes
+    from the model, forward agreeing with timm's formula), liger and apex skipped with a reason."""
+    case = Case("layer_norm_2d", (2, 12, 5, 7), "fp32", layout, model="tiny")
+    res = runner.run_cases([case], ["fusednorm-torch", "torch", "liger", "apex"], "cpu", tmp_path,
+                           warmup_ms=0, rep_ms=1, copy_bytes=2**20, progress=False, plots=False)
+    rows = res["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["provider"], r["pass"]) for r in ok} == {
+        (p, ps) for p in ("fusednorm-torch", "torch") for ps in cases.PASSES}
+    for r in ok:
+        assert (r["op"], r["layout"], r["shape"]) == ("layer_norm_2d", layout, "2x12x5x7")
+        assert r["bytes"] == case_bytes(case, r["pass"]) and r["gbps"] > 0
+    fwd = next(r for r in ok if r["provider"] == "fusednorm-torch" and r["pass"] == "fwd")
+    assert fwd["max_err"] < 1e-5 and fwd["speedup_eager"] > 0
+    skipped = [r for r in rows if r["provider"] in ("liger", "apex")]
+    assert len(skipped) == 6 and all(r["status"].startswith("skipped: ") for r in skipped)
+    md = (tmp_path / "table.md").read_text()
+    assert "## layer_norm_2d" in md and md.count("| fusednorm-torch |") == 3
+
+
+def test_harness_layer_norm_2d_unsupported_backend(tmp_path, monkeypatch):
+    """A backend without layer_norm_2d (the CUDA extension before it has the op) gives
+    "skipped" rows, as any provider/case pair it cannot run; the run goes on."""
+    providers.import_fusednorm()
+    from fusednorm import _backend
+    name = providers.reference_backend()
+    mod = _backend.get(name)
+    monkeypatch.setattr(mod, "SUPPORTED", set(mod.SUPPORTED) - {"layer_norm_2d"})
+    monkeypatch.setattr(_backend, "_chosen", {})        # the resolution cache: restored after
+    case = Case("layer_norm_2d", (2, 12, 5, 7), "fp32")
+    res = runner.run_cases([case], ["fusednorm-torch", "torch"], "cpu", tmp_path, warmup_ms=0,
+                           rep_ms=1, copy_bytes=2**20, progress=False, plots=False)
+    st = {(r["provider"], r["pass"]): r["status"] for r in res["rows"]}
+    for ps in cases.PASSES:
+        assert st[("fusednorm-torch", ps)] == ("skipped: fusednorm.layer_norm_2d: backend "
+                                               f"{name!r} does not implement layer_norm_2d yet")
+        assert st[("torch", ps)] == "ok"
+
+
+def test_selfcheck_covers_layer_norm_2d(capsys):
+    """The self-check (what `make bench` runs without a GPU) checks layer_norm_2d on every
+    available backend, within tolerance."""
+    from bench.selfcheck import selfcheck
+    assert selfcheck(device="cpu", norms=("layer_norm_2d",)) is True
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("layer_norm_2d ")]
+    assert len(lines) == 2 and "ok   fwd" in lines[0] and "FAIL" not in out and "ERROR" not in out

@@ -309,7 +309,8 @@ def test_dry_run_real_kernel_modules():
     text = "\n".join(lines)
     summary = next(ln for ln in lines if ln.startswith("tune summary:"))
     for op, name in (("layer_norm", "layer_norm"), ("group_norm", "group_norm"),
-                     ("instance_norm", "instance_norm"), ("batch_norm", "batch_norm")):
+                     ("instance_norm", "instance_norm"), ("batch_norm", "batch_norm"),
+                     ("layer_norm_2d", "layer_norm_2d")):
         try:
             mod = tune.kernel_module(op)
         except Exception:  # noqa: BLE001 -- a module broken mid-edit: the run said so
