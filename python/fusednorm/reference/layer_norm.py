@@ -17,8 +17,10 @@ def layer_norm_fwd(x, residual, weight, bias, eps, rms):
     xa = x.to(acc)
     xsum = None
     if residual is not None:
-        xa = xa + residual.to(acc)
-        xsum = xa.to(x.dtype)
+        # the stored (rounded) sum is what gets normalized, as in torch's `h = x + r; norm(h)`,
+        # what the kernels do, and what the backward recomputes x-hat from
+        xsum = (xa + residual.to(acc)).to(x.dtype)
+        xa = xsum.to(acc)
     if rms:
         mean = None
         rstd = torch.rsqrt(xa.square().mean(dim=1) + eps)
