@@ -1,8 +1,10 @@
 // Torch-facing host code of the CUDA backend: op schemas (TORCH_LIBRARY(fusednorm_cuda)),
 // CUDA implementations that check arguments, allocate outputs and workspaces with the caching
-// allocator, and call the torch-free launchers with raw pointers on the current stream.
-// Absent outputs (xsum without residual, mean for RMS, gradients of absent parameters) are
-// returned as empty tensors (numel 0); the Python adapter turns them into None.
+// allocator, and call the torch-free launchers with raw pointers on the current stream.  No
+// torch kernel runs around the launchers (running statistics, eval statistics, weight
+// gradients: all written by the extension's kernels).
+// Absent outputs (xsum without residual, mean for RMS, gradients of absent parameters, var in
+// eval) are returned as empty tensors (numel 0); the Python adapter turns them into None.
 #include <Python.h>  // first, as Python requires; only for the module init below
 
 #include <cmath>
@@ -10,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -24,6 +27,9 @@ namespace {
 
 using at::Tensor;
 using c10::optional;
+using Tensor2 = std::tuple<Tensor, Tensor>;
+using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
+using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 
 cudaStream_t current_stream(const Tensor& x) {
   return c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
@@ -42,22 +48,28 @@ void run_launcher(const char* where, F&& f) {
   }
 }
 
-const void* ptr_or_null(const optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
-}
 bool given(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
+void* ptr_or_null(const optional<Tensor>& t) { return given(t) ? t->data_ptr() : nullptr; }
+template <typename P>
+P* ptr_or_null(const Tensor& t) { return t.defined() && t.numel() > 0 ? static_cast<P*>(t.data_ptr()) : nullptr; }
 
-Tensor empty_float(const Tensor& x, at::IntArrayRef sizes) {
-  return at::empty(sizes, x.options().dtype(at::kFloat));
-}
+Tensor empty_float(const Tensor& x, at::IntArrayRef sizes) { return at::empty(sizes, x.options().dtype(at::kFloat)); }
 Tensor none_like(const Tensor& x) { return at::empty({0}, x.options()); }
-Tensor workspace(const Tensor& x, size_t bytes) {
-  return at::empty({int64_t(bytes)}, x.options().dtype(at::kByte));
+Tensor workspace(const Tensor& x, size_t bytes) { return at::empty({int64_t(bytes)}, x.options().dtype(at::kByte)); }
+void* ws_ptr(const Tensor& ws) { return ws.numel() > 0 ? ws.data_ptr() : nullptr; }
+
+// ------------------------------------------------------------------------------ checks
+void check_x(const char* where, const Tensor& x) {
+  FN_CHECK_DEVICE(where, "x", x, x);
+  FN_CHECK_NORM_DTYPE(where, "x", x);
 }
 
-// Weight/bias dtype W: weight's, else bias's, else x's; both given must agree.
-at::ScalarType param_dtype(const char* where, const Tensor& x, const optional<Tensor>& w,
-                           const optional<Tensor>& b) {
+// weight/bias of n features; returns their dtype W: weight's, else bias's, else x's (both given
+// must agree).
+at::ScalarType check_affine(const char* where, const Tensor& x, int64_t n, const optional<Tensor>& w,
+                            const optional<Tensor>& b) {
+  if (given(w)) FN_CHECK_PARAM(where, "weight", *w, x, n);
+  if (given(b)) FN_CHECK_PARAM(where, "bias", *b, x, n);
   if (given(w) && given(b))
     TORCH_CHECK(w->scalar_type() == b->scalar_type(), where, ": bias must have weight's dtype (",
                 w->scalar_type(), "), got ", b->scalar_type());
@@ -66,51 +78,84 @@ at::ScalarType param_dtype(const char* where, const Tensor& x, const optional<Te
   return x.scalar_type();
 }
 
+// fp32 statistics saved by the forward: contiguous, of the given shape.
+void check_stats(const char* where, const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef shape) {
+  FN_CHECK_DEVICE(where, name, t, x);
+  FN_CHECK_DTYPE(where, name, t, at::kFloat);
+  FN_CHECK_SIZES(where, name, t, shape);
+  FN_CHECK_CONTIGUOUS(where, name, t);
+}
+
+// Running statistics: dense (C,) in any float dtype of their own, on x's device.
+DType check_running(const char* where, const char* name, const Tensor& t, const Tensor& x, int64_t C) {
+  FN_CHECK_DEVICE(where, name, t, x);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == C, where, ": ", name, " must have shape (", C, ",), got ", t.sizes());
+  FN_CHECK_CONTIGUOUS(where, name, t);
+  TORCH_CHECK(is_norm_dtype(t.scalar_type()) || t.scalar_type() == at::kDouble, where, ": ", name,
+              " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
+  return t.scalar_type() == at::kDouble ? DType::kFloat64 : to_dtype(t.scalar_type());
+}
+
+// dy in x's memory layout (the contract promises it; otherwise one explicit copy, here).
+Tensor like_layout(const char* where, const Tensor& dy, const Tensor& x) {
+  FN_CHECK_DEVICE(where, "dy", dy, x);
+  FN_CHECK_DTYPE(where, "dy", dy, x.scalar_type());
+  FN_CHECK_SIZES(where, "dy", dy, x.sizes());
+  if (dy.strides() == x.strides()) return dy;
+  Tensor t = at::empty_like(x);
+  t.copy_(dy);
+  return t;
+}
+
+// dweight / dbias for the parameters given (empty for the absent), in their dtype.
+struct WGrads {
+  Tensor dw, db;
+};
+WGrads alloc_wgrads(const Tensor& x, int64_t n, bool want_w, bool want_b, at::ScalarType wdt) {
+  return {want_w ? at::empty({n}, x.options().dtype(wdt)) : none_like(x),
+          want_b ? at::empty({n}, x.options().dtype(wdt)) : none_like(x)};
+}
+
 // ------------------------------------------------------------------------------ layer_norm
-std::tuple<Tensor, Tensor, Tensor, Tensor> layer_norm_fwd_cuda(const Tensor& x,
-                                                          const optional<Tensor>& residual,
-                                                          const optional<Tensor>& weight,
-                                                          const optional<Tensor>& bias,
-                                                          double eps, bool rms) {
+// (M, N) view with unit column stride; returns the row stride the kernels use.
+int64_t check_rows(const char* where, const char* name, const Tensor& t, int64_t M, int64_t N) {
+  TORCH_CHECK(N <= 1 || t.stride(1) == 1, where, ": ", name, " must have unit column stride, got strides ",
+              t.strides());
+  TORCH_CHECK(M <= 1 || t.stride(0) >= N, where, ": ", name, " row stride must be >= N=", N, ", got ", t.stride(0));
+  return M <= 1 ? N : t.stride(0);
+}
+
+Tensor4 layer_norm_fwd_cuda(const Tensor& x, const optional<Tensor>& residual, const optional<Tensor>& weight,
+                            const optional<Tensor>& bias, double eps, bool rms) {
   constexpr const char* where = "fusednorm_cuda::layer_norm_fwd";
-  FN_CHECK_DEVICE(where, "x", x, x);
-  FN_CHECK_NORM_DTYPE(where, "x", x);
+  check_x(where, x);
   TORCH_CHECK(x.dim() == 2, where, ": x must be 2-D (M, N), got shape ", x.sizes());
   const int64_t M = x.size(0), N = x.size(1);
-  TORCH_CHECK(N <= 1 || x.stride(1) == 1, where, ": x must have unit column stride, got strides ", x.strides());
-  TORCH_CHECK(M <= 1 || x.stride(0) >= N, where, ": x row stride must be >= N=", N, ", got ", x.stride(0));
+  LayerNormFwdArgs a;
+  a.x_row_stride = check_rows(where, "x", x, M, N);
   if (given(residual)) {
     FN_CHECK_DEVICE(where, "residual", *residual, x);
     FN_CHECK_DTYPE(where, "residual", *residual, x.scalar_type());
     FN_CHECK_SIZES(where, "residual", *residual, x.sizes());
-    TORCH_CHECK(N <= 1 || residual->stride(1) == 1, where,
-                ": residual must have unit column stride, got strides ", residual->strides());
-    TORCH_CHECK(M <= 1 || residual->stride(0) >= N, where, ": residual row stride must be >= N=", N,
-                ", got ", residual->stride(0));
+    a.residual_row_stride = check_rows(where, "residual", *residual, M, N);
   }
-  if (given(weight)) FN_CHECK_PARAM(where, "weight", *weight, x, N);
-  if (given(bias)) FN_CHECK_PARAM(where, "bias", *bias, x, N);
+  const at::ScalarType wdt = check_affine(where, x, N, weight, bias);
   TORCH_CHECK(!(rms && given(bias)), where, ": bias must be None when rms=True");
-  const at::ScalarType wdt = param_dtype(where, x, weight, bias);
 
   c10::cuda::CUDAGuard guard(x.device());
   Tensor out = at::empty({M, N}, x.options());
   Tensor xsum = given(residual) ? at::empty({M, N}, x.options()) : none_like(x);
-  Tensor mean = rms ? empty_float(x, {0}) : empty_float(x, {M});
+  Tensor mean = empty_float(x, {rms ? 0 : M});
   Tensor rstd = empty_float(x, {M});
   if (M == 0) return {out, xsum, mean, rstd};
   TORCH_CHECK(N > 0, where, ": normalized size N must be >= 1, got 0");
-
-  LayerNormFwdArgs a;
   a.x = x.data_ptr();
-  a.x_row_stride = M <= 1 ? N : x.stride(0);
   a.residual = ptr_or_null(residual);
-  a.residual_row_stride = given(residual) && M > 1 ? residual->stride(0) : N;
   a.weight = ptr_or_null(weight);
   a.bias = ptr_or_null(bias);
   a.out = out.data_ptr();
-  a.xsum = given(residual) ? xsum.data_ptr() : nullptr;
-  a.mean = rms ? nullptr : mean.data_ptr<float>();
+  a.xsum = ptr_or_null<void>(xsum);
+  a.mean = ptr_or_null<float>(mean);
   a.rstd = rstd.data_ptr<float>();
   a.M = M;
   a.N = N;
@@ -122,20 +167,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_norm_fwd_cuda(const Tensor& x,
   return {out, xsum, mean, rstd};
 }
 
-std::tuple<Tensor, Tensor, Tensor> layer_norm_bwd_cuda(const Tensor& dy_in,
-                                                  const optional<Tensor>& dxsum_in,
-                                                  const Tensor& x,
-                                                  const optional<Tensor>& weight,
-                                                  const optional<Tensor>& bias,
-                                                  const optional<Tensor>& mean,
-                                                  const Tensor& rstd, bool rms) {
+Tensor3 layer_norm_bwd_cuda(const Tensor& dy_in, const optional<Tensor>& dxsum_in, const Tensor& x,
+                            const optional<Tensor>& weight, const optional<Tensor>& bias,
+                            const optional<Tensor>& mean, const Tensor& rstd, bool rms) {
   constexpr const char* where = "fusednorm_cuda::layer_norm_bwd";
-  FN_CHECK_DEVICE(where, "x", x, x);
-  FN_CHECK_NORM_DTYPE(where, "x", x);
+  check_x(where, x);
   TORCH_CHECK(x.dim() == 2, where, ": x must be 2-D (M, N), got shape ", x.sizes());
   const int64_t M = x.size(0), N = x.size(1);
-  TORCH_CHECK(N <= 1 || x.stride(1) == 1, where, ": x must have unit column stride, got strides ", x.strides());
-  TORCH_CHECK(M <= 1 || x.stride(0) >= N, where, ": x row stride must be >= N=", N, ", got ", x.stride(0));
+  LayerNormBwdArgs a;
+  a.x_row_stride = check_rows(where, "x", x, M, N);
   FN_CHECK_DEVICE(where, "dy", dy_in, x);
   FN_CHECK_DTYPE(where, "dy", dy_in, x.scalar_type());
   FN_CHECK_SIZES(where, "dy", dy_in, x.sizes());
@@ -149,44 +189,32 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_bwd_cuda(const Tensor& dy_in,
     FN_CHECK_SIZES(where, "dxsum", *dxsum_in, x.sizes());
     dxsum = dxsum_in->contiguous();
   }
-  if (given(weight)) FN_CHECK_PARAM(where, "weight", *weight, x, N);
-  if (given(bias)) FN_CHECK_PARAM(where, "bias", *bias, x, N);
-  FN_CHECK_DEVICE(where, "rstd", rstd, x);
-  FN_CHECK_DTYPE(where, "rstd", rstd, at::kFloat);
-  FN_CHECK_SIZES(where, "rstd", rstd, at::IntArrayRef({M}));
-  FN_CHECK_CONTIGUOUS(where, "rstd", rstd);
+  const at::ScalarType wdt = check_affine(where, x, N, weight, bias);
+  check_stats(where, "rstd", rstd, x, {M});
   if (!rms) {
     TORCH_CHECK(given(mean), where, ": mean is required when rms=False");
-    FN_CHECK_DEVICE(where, "mean", *mean, x);
-    FN_CHECK_DTYPE(where, "mean", *mean, at::kFloat);
-    FN_CHECK_SIZES(where, "mean", *mean, at::IntArrayRef({M}));
-    FN_CHECK_CONTIGUOUS(where, "mean", *mean);
+    check_stats(where, "mean", *mean, x, {M});
   }
-  const at::ScalarType wdt = param_dtype(where, x, weight, bias);
 
   c10::cuda::CUDAGuard guard(x.device());
   Tensor dx = at::empty({M, N}, x.options());
-  Tensor dweight = given(weight) ? at::empty({N}, x.options().dtype(wdt)) : none_like(x);
-  Tensor dbias = given(bias) ? at::empty({N}, x.options().dtype(wdt)) : none_like(x);
-  if (M == 0 || N == 0) {  // sums over no rows
-    dweight.zero_();
-    dbias.zero_();
-    return {dx, dweight, dbias};
+  WGrads g = alloc_wgrads(x, N, given(weight), given(bias), wdt);
+  if (M == 0 || N == 0) {  // sums over no rows (no kernel covers them)
+    g.dw.zero_();
+    g.db.zero_();
+    return {dx, g.dw, g.db};
   }
   const bool want_wgrad = given(weight) || given(bias);
   Tensor ws = want_wgrad ? workspace(x, layer_norm_bwd_workspace_bytes(M, N)) : Tensor();
-
-  LayerNormBwdArgs a;
   a.dy = dy.data_ptr();
   a.dxsum = dxsum.defined() ? dxsum.data_ptr() : nullptr;
   a.x = x.data_ptr();
-  a.x_row_stride = M <= 1 ? N : x.stride(0);
   a.weight = ptr_or_null(weight);
   a.mean = rms ? nullptr : mean->data_ptr<float>();
   a.rstd = rstd.data_ptr<float>();
   a.dx = dx.data_ptr();
-  a.dweight = given(weight) ? dweight.data_ptr() : nullptr;
-  a.dbias = given(bias) ? dbias.data_ptr() : nullptr;
+  a.dweight = ptr_or_null<void>(g.dw);
+  a.dbias = ptr_or_null<void>(g.db);
   a.workspace = want_wgrad ? ws.data_ptr() : nullptr;
   a.M = M;
   a.N = N;
@@ -194,10 +222,10 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_bwd_cuda(const Tensor& dy_in,
   a.x_dtype = to_dtype(x.scalar_type());
   a.w_dtype = to_dtype(wdt);
   run_launcher(where, [&] { fusednorm::layer_norm_bwd(a, current_stream(x)); });
-  return {dx, dweight, dbias};
+  return {dx, g.dw, g.db};
 }
 
-// ------------------------------------------------------------- shared: (N, C, S) geometry
+// ------------------------------------------------------------- channel norms: (N, C, S)
 struct Geom {
   int64_t N, C, S;
   bool cl;
@@ -213,113 +241,163 @@ Geom channel_geom(const char* where, const Tensor& x) {
     g.cl = true;
     return g;
   }
-  TORCH_CHECK(false, where, ": x must be contiguous or channels_last (4-D/5-D), got shape ",
-              x.sizes(), " strides ", x.strides());
+  TORCH_CHECK(false, where, ": x must be contiguous or channels_last (4-D/5-D), got shape ", x.sizes(),
+              " strides ", x.strides());
   return g;
 }
 
-// dy in x's memory layout (the contract promises it; otherwise one explicit copy, here).
-Tensor like_layout(const char* where, const Tensor& dy, const Tensor& x) {
-  FN_CHECK_DEVICE(where, "dy", dy, x);
-  FN_CHECK_DTYPE(where, "dy", dy, x.scalar_type());
-  FN_CHECK_SIZES(where, "dy", dy, x.sizes());
-  if (dy.strides() == x.strides()) return dy;
-  Tensor t = at::empty_like(x);
-  t.copy_(dy);
-  return t;
+// The launchers' shared fields of the channel norms.
+template <typename Args>
+void fill_geom(Args& a, const Geom& g, const Tensor& x, at::ScalarType wdt) {
+  a.N = g.N;
+  a.C = g.C;
+  a.S = g.S;
+  a.channels_last = g.cl;
+  a.x_dtype = to_dtype(x.scalar_type());
+  a.w_dtype = to_dtype(wdt);
+}
+
+// --------------------------------------------------------------------------- layer_norm_2d
+// Statistics (N, *spatial): the shape of x without its channel dim.
+std::vector<int64_t> position_shape(const Tensor& x) {
+  std::vector<int64_t> s{x.size(0)};
+  for (int64_t d = 2; d < x.dim(); ++d) s.push_back(x.size(d));
+  return s;
+}
+
+Tensor3 layer_norm_2d_fwd_cuda(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                               double eps) {
+  constexpr const char* where = "fusednorm_cuda::layer_norm_2d_fwd";
+  check_x(where, x);
+  const Geom g = channel_geom(where, x);
+  const at::ScalarType wdt = check_affine(where, x, g.C, weight, bias);
+
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor out = at::empty_like(x);
+  Tensor mean = empty_float(x, position_shape(x));
+  Tensor rstd = empty_float(x, position_shape(x));
+  if (x.numel() == 0) return {out, mean, rstd};  // never through the contract
+  LayerNorm2dFwdArgs a;
+  fill_geom(a, g, x, wdt);
+  a.x = x.data_ptr();
+  a.weight = ptr_or_null(weight);
+  a.bias = ptr_or_null(bias);
+  a.out = out.data_ptr();
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+  a.eps = float(eps);
+  run_launcher(where, [&] { fusednorm::layer_norm_2d_fwd(a, current_stream(x)); });
+  return {out, mean, rstd};
+}
+
+Tensor3 layer_norm_2d_bwd_cuda(const Tensor& dy_in, const Tensor& x, const optional<Tensor>& weight,
+                               const optional<Tensor>& bias, const Tensor& mean, const Tensor& rstd) {
+  constexpr const char* where = "fusednorm_cuda::layer_norm_2d_bwd";
+  check_x(where, x);
+  const Geom g = channel_geom(where, x);
+  const Tensor dy = like_layout(where, dy_in, x);
+  const at::ScalarType wdt = check_affine(where, x, g.C, weight, bias);
+  check_stats(where, "mean", mean, x, position_shape(x));
+  check_stats(where, "rstd", rstd, x, position_shape(x));
+
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor dx = at::empty_like(x);
+  WGrads w = alloc_wgrads(x, g.C, given(weight), given(bias), wdt);
+  if (x.numel() == 0) {  // sums over nothing (no kernel covers them)
+    w.dw.zero_();
+    w.db.zero_();
+    return {dx, w.dw, w.db};
+  }
+  const bool want_wgrad = given(weight) || given(bias);
+  Tensor ws = want_wgrad ? workspace(x, layer_norm_2d_bwd_workspace_bytes(g.N, g.C, g.S, g.cl)) : Tensor();
+  LayerNorm2dBwdArgs a;
+  fill_geom(a, g, x, wdt);
+  a.dy = dy.data_ptr();
+  a.x = x.data_ptr();
+  a.weight = ptr_or_null(weight);
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+  a.dx = dx.data_ptr();
+  a.dweight = ptr_or_null<void>(w.dw);
+  a.dbias = ptr_or_null<void>(w.db);
+  a.workspace = want_wgrad ? ws_ptr(ws) : nullptr;
+  run_launcher(where, [&] { fusednorm::layer_norm_2d_bwd(a, current_stream(x)); });
+  return {dx, w.dw, w.db};
 }
 
 // ------------------------------------------------------------------------------ group_norm
 bool parse_activation(const char* where, c10::string_view activation) {
   if (activation.empty()) return false;
   if (activation == "silu") return true;
-  TORCH_CHECK_VALUE(false, where, ": activation must be \"\" or \"silu\", got \"",
-                    std::string(activation), "\"");
+  TORCH_CHECK_VALUE(false, where, ": activation must be \"\" or \"silu\", got \"", std::string(activation), "\"");
   return false;
 }
 
-std::tuple<Tensor, Tensor, Tensor> group_norm_fwd_cuda(const Tensor& x, const optional<Tensor>& weight,
-                                                  const optional<Tensor>& bias, int64_t num_groups,
-                                                  double eps, c10::string_view activation) {
-  constexpr const char* where = "fusednorm_cuda::group_norm_fwd";
-  FN_CHECK_DEVICE(where, "x", x, x);
-  FN_CHECK_NORM_DTYPE(where, "x", x);
-  const Geom g = channel_geom(where, x);
+void check_groups(const char* where, const Geom& g, int64_t num_groups) {
   TORCH_CHECK(num_groups > 0 && g.C % num_groups == 0, where, ": num_groups=", num_groups,
               " must be positive and divide channels=", g.C);
-  if (given(weight)) FN_CHECK_PARAM(where, "weight", *weight, x, g.C);
-  if (given(bias)) FN_CHECK_PARAM(where, "bias", *bias, x, g.C);
+}
+
+Tensor3 group_norm_fwd_cuda(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                            int64_t num_groups, double eps, c10::string_view activation) {
+  constexpr const char* where = "fusednorm_cuda::group_norm_fwd";
+  check_x(where, x);
+  const Geom g = channel_geom(where, x);
+  check_groups(where, g, num_groups);
+  const at::ScalarType wdt = check_affine(where, x, g.C, weight, bias);
   const bool silu = parse_activation(where, activation);
-  const at::ScalarType wdt = param_dtype(where, x, weight, bias);
 
   c10::cuda::CUDAGuard guard(x.device());
   Tensor out = at::empty_like(x);  // same strides as x (dense): NCHW or channels_last
   Tensor mean = empty_float(x, {g.N, num_groups});
   Tensor rstd = empty_float(x, {g.N, num_groups});
   if (g.N == 0) return {out, mean, rstd};
-  if (g.S == 0) {  // statistics of empty groups
+  if (g.S == 0) {  // statistics of empty groups (never through the contract: numel 0 stays out)
     mean.fill_(std::numeric_limits<float>::quiet_NaN());
     rstd.fill_(std::numeric_limits<float>::quiet_NaN());
     return {out, mean, rstd};
   }
   Tensor ws = workspace(x, group_norm_fwd_workspace_bytes(g.N, g.C, g.S, g.cl));
-
   GroupNormFwdArgs a;
+  fill_geom(a, g, x, wdt);
   a.x = x.data_ptr();
   a.weight = ptr_or_null(weight);
   a.bias = ptr_or_null(bias);
   a.out = out.data_ptr();
   a.mean = mean.data_ptr<float>();
   a.rstd = rstd.data_ptr<float>();
-  a.workspace = ws.data_ptr();
-  a.N = g.N;
-  a.C = g.C;
-  a.S = g.S;
+  a.workspace = ws_ptr(ws);
   a.G = num_groups;
   a.eps = float(eps);
   a.silu = silu;
-  a.channels_last = g.cl;
-  a.x_dtype = to_dtype(x.scalar_type());
-  a.w_dtype = to_dtype(wdt);
   run_launcher(where, [&] { fusednorm::group_norm_fwd(a, current_stream(x)); });
   return {out, mean, rstd};
 }
 
-std::tuple<Tensor, Tensor, Tensor> group_norm_bwd_cuda(const Tensor& dy_in, const Tensor& x,
-                                                  const optional<Tensor>& weight,
-                                                  const optional<Tensor>& bias, const Tensor& mean,
-                                                  const Tensor& rstd, int64_t num_groups,
-                                                  c10::string_view activation) {
+Tensor3 group_norm_bwd_cuda(const Tensor& dy_in, const Tensor& x, const optional<Tensor>& weight,
+                            const optional<Tensor>& bias, const Tensor& mean, const Tensor& rstd,
+                            int64_t num_groups, c10::string_view activation) {
   constexpr const char* where = "fusednorm_cuda::group_norm_bwd";
-  FN_CHECK_DEVICE(where, "x", x, x);
-  FN_CHECK_NORM_DTYPE(where, "x", x);
+  check_x(where, x);
   const Geom g = channel_geom(where, x);
-  TORCH_CHECK(num_groups > 0 && g.C % num_groups == 0, where, ": num_groups=", num_groups,
-              " must be positive and divide channels=", g.C);
+  check_groups(where, g, num_groups);
   const Tensor dy = like_layout(where, dy_in, x);
-  if (given(weight)) FN_CHECK_PARAM(where, "weight", *weight, x, g.C);
-  if (given(bias)) FN_CHECK_PARAM(where, "bias", *bias, x, g.C);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"mean", mean}, {"rstd", rstd}}) {
-    FN_CHECK_DEVICE(where, name, t, x);
-    FN_CHECK_DTYPE(where, name, t, at::kFloat);
-    FN_CHECK_SIZES(where, name, t, at::IntArrayRef({g.N, num_groups}));
-    FN_CHECK_CONTIGUOUS(where, name, t);
-  }
+  const at::ScalarType wdt = check_affine(where, x, g.C, weight, bias);
+  check_stats(where, "mean", mean, x, {g.N, num_groups});
+  check_stats(where, "rstd", rstd, x, {g.N, num_groups});
   const bool silu = parse_activation(where, activation);
-  const at::ScalarType wdt = param_dtype(where, x, weight, bias);
 
   c10::cuda::CUDAGuard guard(x.device());
   Tensor dx = at::empty_like(x);
-  Tensor dweight = given(weight) ? at::empty({g.C}, x.options().dtype(wdt)) : none_like(x);
-  Tensor dbias = given(bias) ? at::empty({g.C}, x.options().dtype(wdt)) : none_like(x);
-  if (x.numel() == 0) {
-    dweight.zero_();
-    dbias.zero_();
-    return {dx, dweight, dbias};
+  WGrads w = alloc_wgrads(x, g.C, given(weight), given(bias), wdt);
+  if (x.numel() == 0) {  // sums over nothing (no kernel covers them)
+    w.dw.zero_();
+    w.db.zero_();
+    return {dx, w.dw, w.db};
   }
   Tensor ws = workspace(x, group_norm_bwd_workspace_bytes(g.N, g.C, g.S, num_groups, g.cl));
-
   GroupNormBwdArgs a;
+  fill_geom(a, g, x, wdt);
   a.dy = dy.data_ptr();
   a.x = x.data_ptr();
   a.weight = ptr_or_null(weight);
@@ -327,131 +405,136 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_bwd_cuda(const Tensor& dy_in, cons
   a.mean = mean.data_ptr<float>();
   a.rstd = rstd.data_ptr<float>();
   a.dx = dx.data_ptr();
-  a.dweight = given(weight) ? dweight.data_ptr() : nullptr;
-  a.dbias = given(bias) ? dbias.data_ptr() : nullptr;
-  a.workspace = ws.data_ptr();
-  a.N = g.N;
-  a.C = g.C;
-  a.S = g.S;
+  a.dweight = ptr_or_null<void>(w.dw);
+  a.dbias = ptr_or_null<void>(w.db);
+  a.workspace = ws_ptr(ws);
   a.G = num_groups;
   a.silu = silu;
-  a.channels_last = g.cl;
-  a.x_dtype = to_dtype(x.scalar_type());
-  a.w_dtype = to_dtype(wdt);
   run_launcher(where, [&] { fusednorm::group_norm_bwd(a, current_stream(x)); });
-  return {dx, dweight, dbias};
+  return {dx, w.dw, w.db};
+}
+
+void instance_norm_running_cuda(const Tensor& mean, const Tensor& rstd, const optional<Tensor>& running_mean,
+                                const optional<Tensor>& running_var, double momentum, double eps, int64_t spatial) {
+  constexpr const char* where = "fusednorm_cuda::instance_norm_running";
+  TORCH_CHECK(mean.dim() == 2, where, ": mean must be (N, C), got shape ", mean.sizes());
+  TORCH_CHECK(mean.is_cuda(), where, ": mean must be a CUDA tensor, got ", mean.device());
+  const int64_t N = mean.size(0), C = mean.size(1);
+  check_stats(where, "mean", mean, mean, {N, C});
+  check_stats(where, "rstd", rstd, mean, {N, C});
+  TORCH_CHECK(spatial > 1, where, ": spatial must be > 1 (the unbiased variance divides by spatial - 1), got ",
+              spatial);
+  InstanceNormRunningArgs a;
+  if (given(running_mean)) a.running_mean_dtype = check_running(where, "running_mean", *running_mean, mean, C);
+  if (given(running_var)) a.running_var_dtype = check_running(where, "running_var", *running_var, mean, C);
+  c10::cuda::CUDAGuard guard(mean.device());
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+  a.running_mean = ptr_or_null(running_mean);
+  a.running_var = ptr_or_null(running_var);
+  a.N = N;
+  a.C = C;
+  a.momentum = float(momentum);
+  a.eps = float(eps);
+  a.unbias = float(double(spatial) / double(spatial - 1));
+  run_launcher(where, [&] { fusednorm::instance_norm_running(a, current_stream(mean)); });
 }
 
 // ------------------------------------------------------------------------------ batch_norm
-std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_fwd_cuda(
-    const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
-    const optional<Tensor>& running_mean, const optional<Tensor>& running_var, bool training,
-    double eps) {
+Tensor4 batch_norm_fwd_cuda(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                            const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
+                            bool training, double eps, optional<double> momentum,
+                            const optional<Tensor>& num_batches_tracked) {
   constexpr const char* where = "fusednorm_cuda::batch_norm_fwd";
-  FN_CHECK_DEVICE(where, "x", x, x);
-  FN_CHECK_NORM_DTYPE(where, "x", x);
+  check_x(where, x);
   const Geom g = channel_geom(where, x);
-  if (given(weight)) FN_CHECK_PARAM(where, "weight", *weight, x, g.C);
-  if (given(bias)) FN_CHECK_PARAM(where, "bias", *bias, x, g.C);
-  if (!training) {
+  const at::ScalarType wdt = check_affine(where, x, g.C, weight, bias);
+  BatchNormFwdArgs a;
+  if (!training)
     TORCH_CHECK(given(running_mean) && given(running_var), where,
                 ": running_mean and running_var are required when training=False");
-    FN_CHECK_PARAM(where, "running_mean", *running_mean, x, g.C);
-    FN_CHECK_PARAM(where, "running_var", *running_var, x, g.C);
+  if (given(running_mean)) a.running_mean_dtype = check_running(where, "running_mean", *running_mean, x, g.C);
+  if (given(running_var)) a.running_var_dtype = check_running(where, "running_var", *running_var, x, g.C);
+  if (given(num_batches_tracked)) {
+    FN_CHECK_DEVICE(where, "num_batches_tracked", *num_batches_tracked, x);
+    FN_CHECK_DTYPE(where, "num_batches_tracked", *num_batches_tracked, at::kLong);
+    TORCH_CHECK(num_batches_tracked->numel() == 1, where, ": num_batches_tracked must hold one value, got shape ",
+                num_batches_tracked->sizes());
   }
-  const at::ScalarType wdt = param_dtype(where, x, weight, bias);
+  TORCH_CHECK(!(training && !momentum.has_value() && (given(running_mean) || given(running_var)) &&
+                !given(num_batches_tracked)),
+              where, ": num_batches_tracked is required when momentum is None (the cumulative average)");
 
   c10::cuda::CUDAGuard guard(x.device());
   Tensor out = at::empty_like(x);
-  Tensor mean, rstd, var;
-  if (training) {
-    mean = empty_float(x, {g.C});
-    rstd = empty_float(x, {g.C});
-    var = empty_float(x, {g.C});
-    if (x.numel() == 0) {  // the op layer rejects this; statistics of nothing are NaN
+  Tensor mean = empty_float(x, {g.C});
+  Tensor rstd = empty_float(x, {g.C});
+  Tensor var = training ? empty_float(x, {g.C}) : empty_float(x, {0});
+  if (x.numel() == 0) {  // never through the contract (empty batches stay out)
+    if (training) {
       mean.fill_(std::numeric_limits<float>::quiet_NaN());
       rstd.fill_(std::numeric_limits<float>::quiet_NaN());
       var.fill_(std::numeric_limits<float>::quiet_NaN());
-      return {out, mean, rstd, var};
+    } else if (g.C > 0) {  // eval statistics of the running buffers, no kernel to compute them
+      mean.copy_(*running_mean);
+      rstd.copy_((running_var->to(at::kFloat) + eps).rsqrt());
     }
-  } else {
-    // Running statistics as fresh fp32 tensors (outputs must not alias inputs).
-    mean = running_mean->to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-    var = running_var->to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-    rstd = (var + eps).rsqrt();
-    if (x.numel() == 0) return {out, mean, rstd, var};
+    return {out, mean, rstd, var};
   }
   Tensor ws = training ? workspace(x, batch_norm_fwd_workspace_bytes(g.N, g.C, g.S, g.cl)) : Tensor();
-
-  BatchNormFwdArgs a;
+  fill_geom(a, g, x, wdt);
   a.x = x.data_ptr();
   a.weight = ptr_or_null(weight);
   a.bias = ptr_or_null(bias);
   a.out = out.data_ptr();
   a.mean = mean.data_ptr<float>();
   a.rstd = rstd.data_ptr<float>();
-  a.var = var.data_ptr<float>();
-  a.workspace = training ? ws.data_ptr() : nullptr;
-  a.N = g.N;
-  a.C = g.C;
-  a.S = g.S;
+  a.var = ptr_or_null<float>(var);
+  a.running_mean = ptr_or_null(running_mean);
+  a.running_var = ptr_or_null(running_var);
+  a.num_batches_tracked = training && given(num_batches_tracked) ? num_batches_tracked->data_ptr<int64_t>() : nullptr;
+  a.momentum = float(momentum.value_or(0.0));
+  a.cumulative = !momentum.has_value();
+  a.workspace = training ? ws_ptr(ws) : nullptr;
   a.eps = float(eps);
   a.training = training;
-  a.channels_last = g.cl;
-  a.x_dtype = to_dtype(x.scalar_type());
-  a.w_dtype = to_dtype(wdt);
   run_launcher(where, [&] { fusednorm::batch_norm_fwd(a, current_stream(x)); });
   return {out, mean, rstd, var};
 }
 
-std::tuple<Tensor, Tensor, Tensor> batch_norm_bwd_cuda(const Tensor& dy_in, const Tensor& x,
-                                                  const optional<Tensor>& weight,
-                                                  const Tensor& mean, const Tensor& rstd,
-                                                  bool training) {
+Tensor3 batch_norm_bwd_cuda(const Tensor& dy_in, const Tensor& x, const optional<Tensor>& weight,
+                            const Tensor& mean, const Tensor& rstd, bool training) {
   constexpr const char* where = "fusednorm_cuda::batch_norm_bwd";
-  FN_CHECK_DEVICE(where, "x", x, x);
-  FN_CHECK_NORM_DTYPE(where, "x", x);
+  check_x(where, x);
   const Geom g = channel_geom(where, x);
   const Tensor dy = like_layout(where, dy_in, x);
-  if (given(weight)) FN_CHECK_PARAM(where, "weight", *weight, x, g.C);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"mean", mean}, {"rstd", rstd}}) {
-    FN_CHECK_DEVICE(where, name, t, x);
-    FN_CHECK_DTYPE(where, name, t, at::kFloat);
-    FN_CHECK_SIZES(where, name, t, at::IntArrayRef({g.C}));
-    FN_CHECK_CONTIGUOUS(where, name, t);
-  }
-  const at::ScalarType wdt = given(weight) ? weight->scalar_type() : x.scalar_type();
+  const at::ScalarType wdt = check_affine(where, x, g.C, weight, c10::nullopt);
+  check_stats(where, "mean", mean, x, {g.C});
+  check_stats(where, "rstd", rstd, x, {g.C});
 
   c10::cuda::CUDAGuard guard(x.device());
   Tensor dx = at::empty_like(x);
-  Tensor dweight = given(weight) ? at::empty({g.C}, x.options().dtype(wdt)) : none_like(x);
-  Tensor dbias = at::empty({g.C}, x.options().dtype(wdt));
-  if (x.numel() == 0) {
-    dweight.zero_();
-    dbias.zero_();
-    return {dx, dweight, dbias};
+  WGrads w = alloc_wgrads(x, g.C, given(weight), true, wdt);  // dbias always (the contract)
+  if (x.numel() == 0) {  // sums over nothing (no kernel covers them)
+    w.dw.zero_();
+    w.db.zero_();
+    return {dx, w.dw, w.db};
   }
   Tensor ws = workspace(x, batch_norm_bwd_workspace_bytes(g.N, g.C, g.S, g.cl));
-
   BatchNormBwdArgs a;
+  fill_geom(a, g, x, wdt);
   a.dy = dy.data_ptr();
   a.x = x.data_ptr();
   a.weight = ptr_or_null(weight);
   a.mean = mean.data_ptr<float>();
   a.rstd = rstd.data_ptr<float>();
   a.dx = dx.data_ptr();
-  a.dweight = given(weight) ? dweight.data_ptr() : nullptr;
-  a.dbias = dbias.data_ptr();
-  a.workspace = ws.data_ptr();
-  a.N = g.N;
-  a.C = g.C;
-  a.S = g.S;
+  a.dweight = ptr_or_null<void>(w.dw);
+  a.dbias = w.db.data_ptr();
+  a.workspace = ws_ptr(ws);
   a.training = training;
-  a.channels_last = g.cl;
-  a.x_dtype = to_dtype(x.scalar_type());
-  a.w_dtype = to_dtype(wdt);
   run_launcher(where, [&] { fusednorm::batch_norm_bwd(a, current_stream(x)); });
-  return {dx, dweight, dbias};
+  return {dx, w.dw, w.db};
 }
 
 }  // namespace
@@ -462,13 +545,21 @@ TORCH_LIBRARY(fusednorm_cuda, m) {
         "bool rms) -> (Tensor out, Tensor xsum, Tensor mean, Tensor rstd)");
   m.def("layer_norm_bwd(Tensor dy, Tensor? dxsum, Tensor x, Tensor? weight, Tensor? bias, "
         "Tensor? mean, Tensor rstd, bool rms) -> (Tensor dx, Tensor dweight, Tensor dbias)");
+  m.def("layer_norm_2d_fwd(Tensor x, Tensor? weight, Tensor? bias, float eps) "
+        "-> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def("layer_norm_2d_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, "
+        "Tensor rstd) -> (Tensor dx, Tensor dweight, Tensor dbias)");
   m.def("group_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps, "
         "str activation) -> (Tensor out, Tensor mean, Tensor rstd)");
   m.def("group_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, "
         "Tensor rstd, int num_groups, str activation) -> (Tensor dx, Tensor dweight, Tensor dbias)");
-  m.def("batch_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, "
-        "Tensor? running_var, bool training, float eps) "
-        "-> (Tensor out, Tensor mean, Tensor rstd, Tensor var)");
+  // Called directly from Python (backends/cuda.py), never traced: the running buffers are
+  // updated in place, as the schema declares.
+  m.def("instance_norm_running(Tensor mean, Tensor rstd, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, float momentum, float eps, int spatial) -> ()");
+  m.def("batch_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float eps, float? momentum, "
+        "Tensor(c!)? num_batches_tracked) -> (Tensor out, Tensor mean, Tensor rstd, Tensor var)");
   m.def("batch_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, "
         "bool training) -> (Tensor dx, Tensor dweight, Tensor dbias)");
 }
@@ -476,8 +567,11 @@ TORCH_LIBRARY(fusednorm_cuda, m) {
 TORCH_LIBRARY_IMPL(fusednorm_cuda, CUDA, m) {
   m.impl("layer_norm_fwd", &fusednorm::layer_norm_fwd_cuda);
   m.impl("layer_norm_bwd", &fusednorm::layer_norm_bwd_cuda);
+  m.impl("layer_norm_2d_fwd", &fusednorm::layer_norm_2d_fwd_cuda);
+  m.impl("layer_norm_2d_bwd", &fusednorm::layer_norm_2d_bwd_cuda);
   m.impl("group_norm_fwd", &fusednorm::group_norm_fwd_cuda);
   m.impl("group_norm_bwd", &fusednorm::group_norm_bwd_cuda);
+  m.impl("instance_norm_running", &fusednorm::instance_norm_running_cuda);
   m.impl("batch_norm_fwd", &fusednorm::batch_norm_fwd_cuda);
   m.impl("batch_norm_bwd", &fusednorm::batch_norm_bwd_cuda);
 }

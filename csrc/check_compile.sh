@@ -3,8 +3,11 @@
 #   * every kernel launcher csrc/*/launch.cu with nvcc for sm_80 and sm_90, -Xptxas -v
 #     (prints registers / spills per kernel),
 #   * csrc/binding.cpp with g++ -fsyntax-only against the active Python's torch headers.
-# Exits non-zero on any error.  Compiles run in parallel (2 at a time by default: JOBS=n).
-# Environment: PYTHON (default: python), NVCC (default: nvcc), CXX (default: g++).
+# Exits non-zero on any error.  Compiles run in parallel (2 at a time by default: JOBS=n), the
+# largest translation units first.
+# Environment: PYTHON (default: python), NVCC (default: nvcc), CXX (default: g++); FN_KEEP_OBJ=dir
+# keeps each launcher's object (both architectures: cuobjdump -sass reads them) and ptxas log
+# there as <stem>.o / <stem>.log (tests/test_cuda_compile.py checks the SASS).
 set -u -o pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,7 +44,8 @@ GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 # device code is (cicc/ptxas default to -O3), so the register counts are the real ones.
 JOBLIST=()
 JOBLIST+=("binding|\"$CXX\" -std=$BINDING_STD -fsyntax-only -Wall $TORCH_INC -I\"$PY_INC\" -I\"$CUDA_INC\" -I\"$HERE/include\" -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE -DTORCH_EXTENSION_NAME=_C \"$HERE/binding.cpp\"")
-for cu in "$HERE"/*/launch.cu; do
+# largest first (by source size of the launcher and its kernel header), so two jobs end together
+for cu in $(for f in "$HERE"/*/launch.cu; do echo "$(cat "$f" "$(dirname "$f")/kernel.cuh" | wc -c) $f"; done | sort -rn | cut -d' ' -f2); do
   stem="$(basename "$(dirname "$cu")")"
   JOBLIST+=("$stem|\"$NVCC\" -std=$STD -lineinfo ${GENCODE[*]} -Xptxas -v -I\"$HERE/include\" -c \"$cu\" -o \"$TMP/$stem.o\"")
 done
@@ -91,6 +95,11 @@ PY
     if [ "$status" = FAILED ]; then cat "$TMP/$name.log"; fi
   fi
 done
+
+if [ -n "${FN_KEEP_OBJ:-}" ]; then
+  mkdir -p "$FN_KEEP_OBJ"
+  cp "$TMP"/*.o "$TMP"/*.log "$FN_KEEP_OBJ"/ 2>/dev/null || true
+fi
 
 spills=$(cat "$TMP"/*.log | grep -E "[1-9][0-9]* bytes spill (stores|loads)" | wc -l)
 echo "=== $((SECONDS - start)) s; kernels with spills: $spills"

@@ -9,7 +9,7 @@ ninja.
 import os
 from pathlib import Path
 
-KERNEL_DIRS = ("layer_norm", "group_norm", "batch_norm")
+KERNEL_DIRS = ("layer_norm", "layer_norm_2d", "group_norm", "batch_norm")
 
 DEFAULT_GENCODE = [
     "-gencode=arch=compute_80,code=sm_80",

@@ -43,12 +43,12 @@ pytestmark = pytest.mark.skipif(shutil.which(CXX) is None,
                                 reason=f"no host C++ compiler ({CXX!r} not found): the CUDA "
                                        "emulator (csrc/emu) compiles the kernels with it")
 
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-DT = {F32: 0, F16: 1, BF16: 2}
+F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+DT = {F32: 0, F16: 1, BF16: 2, F64: 3}
 DTYPE_IDS = {F32: "fp32", F16: "fp16", BF16: "bf16"}
 # The accuracy rule of tests/_util.py (copied, not imported: this file tests csrc/ and must not
 # depend on the Python package, which is edited independently).
-ATOL = {F32: 1e-5, F16: 1e-3, BF16: 8e-3}
+ATOL = {F32: 1e-5, F16: 1e-3, BF16: 8e-3, F64: 1e-6}
 
 
 def _err(a, ref):
@@ -97,11 +97,15 @@ SIGNATURES = {
     "fn_layer_norm_bwd": [V, V, V, LL, V, V, V, V, V, V, V, LL, LL, I, I, I, LL],
     "fn_group_norm_fwd": [V, V, V, V, V, V, V, LL, LL, LL, LL, FL, I, I, I, I, LL],
     "fn_group_norm_bwd": [V, V, V, V, V, V, V, V, V, V, LL, LL, LL, LL, I, I, I, I, LL],
-    "fn_batch_norm_fwd": [V, V, V, V, V, V, V, V, LL, LL, LL, FL, I, I, I, I, LL],
+    "fn_batch_norm_fwd": [V, V, V, V, V, V, V, V, V, I, I, V, FL, I, V, LL, LL, LL, FL, I, I, I, I, LL],
+    "fn_instance_norm_running": [V, V, V, V, I, I, LL, LL, FL, FL, FL, LL],
     "fn_batch_norm_bwd": [V, V, V, V, V, V, V, V, V, LL, LL, LL, I, I, I, I, LL],
+    "fn_layer_norm_2d_fwd": [V, V, V, V, V, V, LL, LL, LL, FL, I, I, I, LL],
+    "fn_layer_norm_2d_bwd": [V, V, V, V, V, V, V, V, V, LL, LL, LL, I, I, I, LL],
     "fn_emu_selftest": [ctypes.c_char_p, V, LL, LL],
 }
-WS = {"fn_layer_norm_bwd_workspace_bytes": [LL, LL], "fn_group_norm_fwd_workspace_bytes": [LL, LL, LL, I],
+WS = {"fn_layer_norm_bwd_workspace_bytes": [LL, LL], "fn_layer_norm_2d_bwd_workspace_bytes": [LL, LL, LL, I],
+      "fn_group_norm_fwd_workspace_bytes": [LL, LL, LL, I],
       "fn_group_norm_bwd_workspace_bytes": [LL, LL, LL, LL, I], "fn_batch_norm_fwd_workspace_bytes": [LL, LL, LL, I],
       "fn_batch_norm_bwd_workspace_bytes": [LL, LL, LL, I]}
 
@@ -167,7 +171,7 @@ class Emu:
     def reset_config(self):
         self.config(schedule="forward", seed=1, resident_blocks=1, approx_math=1, poison_shared=1,
                     allow_exit_before_barrier=0, strict_call_sites=1, strict_warp_sites=0, require_launch_check=1,
-                    timeout_s=120)
+                    dry_run=0, timeout_s=120)
 
     def ws(self, name, *args):
         return int(getattr(self.lib, name)(*args))
@@ -259,14 +263,18 @@ def unwritten(b, raw):
 SCHEDULES = ("forward", "forward-greedy", "reverse-greedy")
 
 
-def run_checked(emu, outs, workspaces, name, *args, expect_written=True):
+def run_checked(emu, outs, workspaces, name, *args, expect_written=True, inouts=()):
     """Launch under each schedule on poisoned outputs; returns {buffer name: tensor}.  Forward
     round robin keeps threads in step; greedy warps let the first (forward) or the last (reverse)
-    warp run ahead as far as barriers allow, blocks in that order too."""
+    warp run ahead as far as barriers allow, blocks in that order too.  inouts: (buffer, initial
+    tensor) updated in place (running statistics): reset before each run, compared like outputs."""
     snaps = []
+    outs = list(outs) + [b for b, _ in inouts]
     for schedule in SCHEDULES:
         for b in list(outs) + list(workspaces):
             b.poison()
+        for b, init in inouts:
+            b.write(init)
         emu.config(schedule=schedule)
         emu.call(name, *args)
         n, report = emu.guard_report()
@@ -293,7 +301,7 @@ def run_checked(emu, outs, workspaces, name, *args, expect_written=True):
 
 
 # ================================================================ LayerNorm / RMSNorm
-LN_N = [1, 37, 256, 1000, 1032, 4096, 8199, 16384]
+LN_N = [1, 37, 256, 1000, 1032, 4096, 8199, 16384, 20000]
 
 
 def ln_case(emu, dev, *, M, N, dtype, wdtype, rms, weight, bias, residual, dxsum, x_pad=0, x_offset=0,
@@ -416,7 +424,7 @@ def _ln_variants(dtype):
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("N", LN_N, ids=lambda n: f"N{n}")
 def test_layer_norm(emu, dev, N, dtype):
-    """Every N hits a different (vector width, items per thread) kernel instantiation."""
+    """N across the row shapes (a warp per row .. 16 warps, and the looped kernels past them)."""
     M = 37 if N == 1 else (7 if N <= 1032 else 3)
     for v in _ln_variants(dtype):
         ln_case(emu, dev, M=M, N=N, dtype=dtype, **v)
@@ -425,8 +433,9 @@ def test_layer_norm(emu, dev, N, dtype):
 @pytest.mark.parametrize("M,N,dtype", [(1, 1000, BF16), (2201, 37, F32), (531, 1032, BF16)],
                          ids=["M1", "gridstride-small-N", "gridstride-large-N"])
 def test_layer_norm_rows(emu, dev, M, N, dtype):
-    """M = 1; and M above the backward grid (132 SMs x 16 or x 4 blocks): blocks loop over rows
-    and accumulate the weight-gradient partials of several rows."""
+    """M = 1; and more row tiles than the persistent grids (132 SMs x resident CTAs, the backward
+    at most 4 a SM): CTAs walk several tiles, the backward prefetching the next one, and
+    accumulate the weight-gradient partials of several rows."""
     ln_case(emu, dev, M=M, N=N, dtype=dtype, wdtype=dtype, rms=False, weight=True, bias=True,
             residual=False, dxsum=False)
 
@@ -436,7 +445,9 @@ def test_layer_norm_misaligned(emu, dev):
     first = len(emu.launches)
     ln_case(emu, dev, M=5, N=1024, dtype=F16, wdtype=F16, rms=False, weight=True, bias=True,
             residual=False, dxsum=False, x_offset=2)
-    assert any("layer_norm_fwd_kernel<__half, __half, 1," in e[0] for e in emu.launches[first:])
+    names = [e[0] for e in emu.launches[first:]]
+    assert any("row::fwd_kernel<fusednorm::ln::FwdOp<__half, __half>, 1," in n for n in names), names
+    assert any("layer_norm_bwd_kernel<__half, __half, 1," in n for n in names), names
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
@@ -450,44 +461,42 @@ def test_layer_norm_offset_data(emu, dev, rms, N):
             residual=False, dxsum=False, offset=1e4)
 
 
-def _welford_model(row, threads, vec):
-    """float32 model of layer_norm_fwd_kernel's statistics: per-thread Welford over its VEC-wide
-    chunks, butterfly Chan merge per warp, then over the warps (reduce.cuh)."""
+def _two_pass_model(row, warps, vec, ldgs, eps=1e-5):
+    """float32 model of row::fwd_kernel's statistics for one row spread over `warps` warps:
+    thread r sums its slots it = 0..ldgs-1 (columns (it * 32 * warps + r) * vec ..), elements in
+    order; a butterfly per warp; the warps' sums added in warp order; mean = sum * (1/N); then
+    the same for (x - mean)^2; rstd = rsqrtf (exact mode)."""
     f = np.float32
+    n = row.size
+    rt = 32 * warps
 
-    def update(w, v):
-        n = f(w[0] + f(1))
-        d = f(v - w[1])
-        mean = f(w[1] + f(d / n))
-        return n, mean, f(w[2] + f(d * f(v - mean)))
+    def row_sum(g):
+        parts = []
+        for r in range(rt):
+            s = f(0)
+            for it in range(ldgs):
+                col = (it * rt + r) * vec
+                if col < n:
+                    for i in range(vec):
+                        s = f(s + g(row[col + i]))
+            parts.append(s)
+        total = f(0)
+        for w in range(warps):
+            v = parts[32 * w:32 * w + 32]
+            for m in (16, 8, 4, 2, 1):
+                v = [f(v[lane] + v[lane ^ m]) for lane in range(32)]
+            total = f(total + v[0])
+        return total
 
-    def merge(a, b):
-        n = f(a[0] + b[0])
-        if n == 0:
-            return a
-        d, fb = f(b[1] - a[1]), f(b[0] / n)
-        return n, f(a[1] + f(d * fb)), f(f(a[2] + b[2]) + f(f(f(d * d) * a[0]) * fb))
-
-    def allreduce(ws):
-        for m in (16, 8, 4, 2, 1):
-            ws = [merge(ws[lane], ws[lane ^ m]) for lane in range(32)]
-        return ws[0]
-
-    parts = []
-    for t in range(threads):
-        w = (f(0), f(0), f(0))
-        for col in range(t * vec, row.size, threads * vec):
-            for i in range(vec):
-                w = update(w, row[col + i])
-        parts.append(w)
-    warps = [allreduce(parts[32 * k:32 * k + 32]) for k in range(threads // 32)]
-    r = warps[0] if len(warps) == 1 else allreduce(warps + [(f(0), f(0), f(0))] * (32 - len(warps)))
-    return r[1], f(1 / np.sqrt(np.float64(f(f(r[2] / r[0]) + f(1e-5)))))  # rsqrtf, exact mode
+    inv_n = f(1.0 / n)
+    mean = f(row_sum(lambda x: x) * inv_n)
+    q = row_sum(lambda x: f(f(x - mean) * f(x - mean)))
+    return mean, f(1 / np.sqrt(np.float64(f(f(q * inv_n) + f(eps)))))
 
 
 def test_layer_norm_stats_match_model(emu, dev):
     """The emulator runs the kernel's arithmetic exactly: mean and rstd equal an independent
-    float32 model of the algorithm bit for bit (exact math: approx_math=0)."""
+    float32 model of the two-pass algorithm bit for bit (exact math: approx_math=0)."""
     emu.config(approx_math=0)
     M, N = 5, 1000
     x = randn(M, N, seed=11, offset=1e4)
@@ -496,10 +505,11 @@ def test_layer_norm_stats_match_model(emu, dev):
     emu.call("fn_layer_norm_fwd", bx.ptr, N, None, 0, None, None, out.ptr, None, mean.ptr, rstd.ptr, M, N, 1e-5,
              0, 0, 0, 0)
     name, grid, block, _ = emu.last_log[0]
-    assert "layer_norm_fwd_kernel<float, float, 4, 1>" in name and (grid, block) == ("5,1,1", "256,1,1")
+    assert "fwd_kernel<fusednorm::ln::FwdOp<float, float>, 4, fusednorm::row::Shape<1, 4, 4, 1> >" in name, name
+    assert (grid, block) == ("5,1,1", "128,1,1")
     got_m, got_r = mean.read(F32, (M,)).numpy(), rstd.read(F32, (M,)).numpy()
     for r in range(M):
-        m, s = _welford_model(x[r].numpy(), 256, 4)
+        m, s = _two_pass_model(x[r].numpy(), 4, 4, 4)
         assert got_m[r] == m and got_r[r] == s, (r, got_m[r], m, got_r[r], s)
 
 
@@ -514,28 +524,35 @@ def test_layer_norm_nan(emu, dev, dtype):
 # (x dtype, weight dtype) pairs the launcher instantiates, and the vector width of each x dtype
 LN_PAIRS = [(F32, F32), (F16, F16), (F16, F32), (BF16, BF16), (BF16, F32)]
 VEC = {F32: 4, F16: 8, BF16: 8}
-# N giving each items-per-thread choice of ln_config (vector chunks per row: <= 512 threads x items)
-ITEMS_NVEC = {1: 100, 2: 600, 4: 1500, 0: 2500}
 CTYPE = {F32: "float", F16: "__half", BF16: "__nv_bfloat16"}
+# Row lengths in vectors that pick every row shape (row.cuh): forward shapes hold 128 / 512 /
+# 1024 / 2048 / 4096 vectors, then the looped kernel; backward 128 / 512 / 1024 / 2048, then
+# looped.  The scalar path (VEC = 1) has fewer shapes: 128 / 512 / 4096 and 128 / 2048.
+ROW_NVEC = {True: [100, 400, 900, 1800, 3000, 5000], False: [100, 400, 3000, 5000]}
 
 
-@pytest.mark.parametrize("items", [1, 2, 4, 0], ids=lambda i: f"items{i}")
 @pytest.mark.parametrize("vector", [True, False], ids=["vec", "scalar"])
 @pytest.mark.parametrize("dtype,wdtype", LN_PAIRS, ids=[f"{DTYPE_IDS[a]}-w{DTYPE_IDS[b]}" for a, b in LN_PAIRS])
-def test_layer_norm_paths(emu, dev, dtype, wdtype, vector, items):
-    """Every forward and backward kernel instantiation the launchers can choose (vector width x
-    items per thread x dtype pair) runs, and the launch log proves it was that one."""
+def test_layer_norm_paths(emu, dev, dtype, wdtype, vector):
+    """Every forward and backward row shape the launchers can choose, for each dtype pair and
+    vector width: the row lengths give as many distinct kernels as there are shapes, and the
+    launch log proves they were the ones of this pair and width."""
     v = VEC[dtype] if vector else 1
-    N = ITEMS_NVEC[items] * v
-    first = len(emu.launches)
-    # scalar: a row stride that is not a multiple of the vector width
-    ln_case(emu, dev, M=3, N=N, dtype=dtype, wdtype=wdtype, rms=items in (2, 0), weight=True,
-            bias=items not in (2, 0), residual=items == 4 and vector, dxsum=items == 1, x_pad=0 if vector else 1)
-    names = " ".join(e[0] for e in emu.launches[first:])
-    for kind in ("fwd", "bwd"):
-        want = f"layer_norm_{kind}_kernel<{CTYPE[dtype]}, {CTYPE[wdtype]}, {v}, {items}>"
-        assert want in names, f"expected {want}, launched: {names}"
-    assert f"colsum_kernel<{CTYPE[wdtype]}>" in names
+    fwd, bwd = set(), set()
+    for k, nvec in enumerate(ROW_NVEC[vector]):
+        first = len(emu.launches)
+        # scalar: a row stride that is not a multiple of the vector width
+        ln_case(emu, dev, M=2 if nvec > 1000 else 3, N=nvec * v, dtype=dtype, wdtype=wdtype, rms=k % 2 == 1,
+                weight=True, bias=k % 2 == 0, residual=k % 3 == 0 and vector, dxsum=k % 3 == 1,
+                x_pad=0 if vector else 1)
+        names = [e[0] for e in emu.launches[first:]]
+        op = f"<fusednorm::ln::FwdOp<{CTYPE[dtype]}, {CTYPE[wdtype]}>, {v},"
+        fwd |= {n for n in names if f"row::fwd_kernel{op}" in n or f"row::fwd_looped_kernel{op}" in n}
+        bwd |= {n for n in names if f"layer_norm_bwd_kernel<{CTYPE[dtype]}, {CTYPE[wdtype]}, {v}," in n
+                or f"layer_norm_bwd_looped_kernel<{CTYPE[dtype]}, {CTYPE[wdtype]}, {v}," in n}
+        assert any(f"colsum_kernel<{CTYPE[wdtype]}>" in n for n in names), names
+    assert len(fwd) == len(ROW_NVEC[vector]), sorted(fwd)
+    assert len(bwd) == len(ROW_NVEC[vector]) - 1, sorted(bwd)  # the last two lengths share the looped backward
 
 
 def test_accuracy_rule_catches_a_wrong_result(emu, dev):
@@ -575,20 +592,138 @@ def test_layer_norm_degenerate(emu, dev):
                  1e-5, 0, 7, 7, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="launcher bug: layer_norm_bwd's `workspace is null` check "
-                   "tests the partial pointers derived from the null workspace, so with dweight wanted "
-                   "and dbias not (RMSNorm) it never fires: the kernel runs without partials and "
-                   "dweight is left unwritten.  Latent: the torch binding always passes a workspace")
 def test_layer_norm_bwd_null_workspace_dweight_only(emu, dev):
+    """RMSNorm's backward wants dweight and no dbias: a null workspace is refused (the check once
+    looked at the partial pointers derived from it, and never fired for dweight alone)."""
     x = dev.input("x", randn(4, 8))
     w = dev.input("w", torch.ones(8))
     rstd = dev.input("rstd", torch.ones(4))
     dx, dw = dev.output("dx", F32, (4, 8)), dev.output("dw", F32, (8,))
     for b in (dx, dw):
         b.poison()
-    with pytest.raises(EmuError, match="workspace is null"):
+    with pytest.raises(EmuError, match="workspace is null") as e:
         emu.call("fn_layer_norm_bwd", x.ptr, None, x.ptr, 8, w.ptr, None, rstd.ptr, dx.ptr, dw.ptr, None, None,
                  4, 8, 1, 0, 0, 0)
+    assert e.value.code == 1 and emu.last_log == []
+    assert unwritten(dw, dw.bytes()).size == 8
+
+
+# ======================================================================== layer_norm_2d
+def ln2d_case(emu, dev, shape, dtype, wdtype, cl, weight=True, bias=True, offset=0.0, nan_at=None):
+    """LayerNorm over the channels of (N, C, *spatial) at each position: forward (output and the
+    (N, *spatial) statistics) and backward against float64, in the layout of x."""
+    eps = 1e-6
+    N, C = shape[:2]
+    S = int(np.prod(shape[2:]))
+    seed = _seed("ln2d", shape, dtype, wdtype, cl, weight, bias, offset)
+    x = randn(*shape, dtype=dtype, seed=seed, offset=offset)
+    if nan_at is not None:
+        x[nan_at] = float("nan")
+    w = (randn(C, seed=seed + 2) * 0.5 + 1).to(wdtype) if weight else None
+    b = randn(C, seed=seed + 3).to(wdtype) if bias else None
+    bx, bw, bb = dev.input("x", to_mem(x, cl)), dev.input("weight", w), dev.input("bias", b)
+    out = dev.output("out", dtype, (x.numel(),))
+    mean, rstd = dev.output("mean", F32, (N * S,)), dev.output("rstd", F32, (N * S,))
+    res = run_checked(emu, [out, mean, rstd], [], "fn_layer_norm_2d_fwd", bx.ptr, ptr(bw), ptr(bb), out.ptr,
+                      mean.ptr, rstd.ptr, N, C, S, eps, int(cl), DT[dtype], DT[wdtype], 0)
+    tag = f"LN2d {shape} {DTYPE_IDS[dtype]} w={DTYPE_IDS[wdtype]} cl={cl}"
+    y = from_mem(res["out"], shape, cl)
+    perm = (0,) + tuple(range(2, len(shape))) + (1,)
+    inv = [perm.index(i) for i in range(len(shape))]
+
+    def fwd(xx, ww, bb):
+        return F.layer_norm(xx.permute(*perm), (C,), ww, bb, eps).permute(*inv)
+
+    if nan_at is not None:  # NaN in -> NaN at that position only
+        yy = y.float().clone()
+        pos = (nan_at[0], slice(None)) + tuple(nan_at[2:])
+        assert torch.isnan(yy[pos]).all(), tag + ": NaN did not reach its position"
+        yy[pos] = 0
+        assert not torch.isnan(yy).any(), tag + ": NaN leaked to other positions"
+        return
+    x64 = x.double()
+    w64 = w.double() if weight else None
+    b64 = b.double() if bias else None
+    wd = w.to(dtype) if weight else None
+    bd = b.to(dtype) if bias else None
+    assert_accurate(y, fwd(x64, w64, b64), fwd(x, wd, bd), dtype, tag + " out")
+    xf = x.float()
+    assert_accurate(res["mean"].reshape(N, S), x64.mean(1).reshape(N, S), xf.mean(1).reshape(N, S), F32,
+                    tag + " mean")
+    assert_accurate(res["rstd"].reshape(N, S), torch.rsqrt(x64.var(1, unbiased=False) + eps).reshape(N, S),
+                    torch.rsqrt(xf.var(1, unbiased=False) + eps).reshape(N, S), F32, tag + " rstd")
+
+    dy = randn(*shape, dtype=dtype, seed=seed + 4)
+    bdy = dev.input("dy", to_mem(dy, cl))
+    bm, br = dev.input("mean_in", res["mean"]), dev.input("rstd_in", res["rstd"])
+    dx = dev.output("dx", dtype, (x.numel(),))
+    dw = dev.output("dweight", wdtype, (C,)) if weight else None
+    db = dev.output("dbias", wdtype, (C,)) if bias else None
+    want = weight or bias
+    ws = dev.workspace(emu.ws("fn_layer_norm_2d_bwd_workspace_bytes", N, C, S, int(cl))) if want else None
+    outs = [o for o in (dx, dw, db) if o is not None]
+    g = run_checked(emu, outs, [ws] if ws else [], "fn_layer_norm_2d_bwd", bdy.ptr, bx.ptr, ptr(bw), bm.ptr,
+                    br.ptr, dx.ptr, ptr(dw), ptr(db), ptr(ws), N, C, S, int(cl), DT[dtype], DT[wdtype], 0)
+
+    def grads(xx, ww, bb, gy):
+        leaves = [t.detach().requires_grad_() for t in (xx, ww, bb) if t is not None]
+        it = iter(leaves[1:])
+        args = (leaves[0], next(it) if ww is not None else None, next(it) if bb is not None else None)
+        return torch.autograd.grad(fwd(*args), leaves, gy)
+
+    rg, tg = grads(x64, w64, b64, dy.double()), grads(x, wd, bd, dy)
+    assert_accurate(from_mem(g["dx"], shape, cl), rg[0], tg[0], dtype, tag + " dx")
+    k = 1
+    for name, on in (("dweight", weight), ("dbias", bias)):
+        if on:
+            assert g[name].dtype == wdtype
+            assert_accurate(g[name].to(dtype), rg[k], tg[k], dtype, f"{tag} {name}")
+            k += 1
+
+
+LN2D_CASES = [
+    # shape, dtype, wdtype, channels_last
+    ((2, 96, 14, 14), BF16, F32, False),   # ConvNeXt-like NCHW: S = 196, scalar (196 % 8)
+    ((2, 96, 14, 14), BF16, F32, True),    # ... channels_last: LayerNorm rows of 96
+    ((3, 40, 16, 20), F32, F32, False),    # vector NCHW, 2 tiles of 128 positions a sample
+    ((2, 768, 8, 8), F16, F16, False),     # wide C: tiles of 8 lanes (64 KB), 8-row tile
+    ((2, 24, 5, 6, 7), F16, F32, False),   # 5-D
+    ((2, 24, 5, 6, 8), BF16, BF16, True),  # 5-D channels_last
+    ((1, 3, 33, 1), F32, F32, False),      # C = 3, odd positions
+]
+
+
+@pytest.mark.parametrize("shape,dtype,wdtype,cl", LN2D_CASES,
+                         ids=[f"{c[0]}-{DTYPE_IDS[c[1]]}-w{DTYPE_IDS[c[2]]}-{'cl' if c[3] else 'nchw'}"
+                              for c in LN2D_CASES])
+def test_layer_norm_2d(emu, dev, shape, dtype, wdtype, cl):
+    ln2d_case(emu, dev, shape, dtype, wdtype, cl)
+
+
+def test_layer_norm_2d_options(emu, dev):
+    """Without affine parameters (no weight-gradient workspace), weight only, offset data
+    (mean 1e4: the shifted sums keep the digits), NaN at one position."""
+    for cl in (False, True):
+        ln2d_case(emu, dev, (2, 16, 6, 8), F32, F32, cl, weight=False, bias=False)
+        ln2d_case(emu, dev, (2, 16, 6, 8), BF16, BF16, cl, bias=False)
+        ln2d_case(emu, dev, (2, 32, 9, 8), F32, F32, cl, offset=1e4)
+        ln2d_case(emu, dev, (2, 8, 4, 8), BF16, BF16, cl, nan_at=(1, 3, 2, 5))
+
+
+@pytest.mark.parametrize("vector", [True, False], ids=["vec", "scalar"])
+@pytest.mark.parametrize("dtype,wdtype", LN_PAIRS, ids=[f"{DTYPE_IDS[a]}-w{DTYPE_IDS[b]}" for a, b in LN_PAIRS])
+def test_layer_norm_2d_paths(emu, dev, dtype, wdtype, vector):
+    """Every NCHW kernel instantiation (dtype pair x vector width), forward and backward with
+    the column sum of the weight gradients."""
+    S = 8 * VEC[dtype] if vector else 7 * 5
+    first = len(emu.launches)
+    ln2d_case(emu, dev, (2, 12, S), dtype, wdtype, False)
+    names = " ".join(e[0] for e in emu.launches[first:])
+    v = VEC[dtype] if vector else 1
+    for kind in ("fwd", "bwd"):
+        want = f"ln2d::{kind}_kernel<{CTYPE[dtype]}, {CTYPE[wdtype]}, {v}>"
+        assert want in names, f"expected {want}: {names}"
+    assert f"colsum_kernel<{CTYPE[wdtype]}>" in names
 
 
 # ============================================================================ GroupNorm
@@ -736,8 +871,76 @@ def test_group_norm_degenerate(emu, dev):
     assert emu.last_log == []
 
 
+# GroupNorm on NCHW is the row pattern over groups of Cg * S elements: group lengths (in vectors)
+# that pick every forward shape (128, 512, 2048 vectors, looped; scalar: 128, 4096, looped) and
+# every backward shape (128, 512, 2048 -- the last without the prefetch --, looped; scalar: 128,
+# 2048, looped).  Vector: S a multiple of the width; scalar: S odd.
+GN_ROW_NVEC = {True: [100, 400, 1800, 5000], False: [51, 201, 2501]}
+
+
+@pytest.mark.parametrize("vector", [True, False], ids=["vec", "scalar"])
+@pytest.mark.parametrize("dtype,wdtype", LN_PAIRS, ids=[f"{DTYPE_IDS[a]}-w{DTYPE_IDS[b]}" for a, b in LN_PAIRS])
+def test_group_norm_row_paths(emu, dev, dtype, wdtype, vector):
+    """Every row kernel GroupNorm's NCHW path can choose, per dtype pair and vector width; two
+    channels per group, so the per-channel weight-gradient sums split each row (and, looped,
+    a channel spans chunks)."""
+    v = VEC[dtype] if vector else 1
+    fwd, bwd = set(), set()
+    for k, n in enumerate(GN_ROW_NVEC[vector]):
+        S = n * v // 2 if vector else n  # Cg = 2: a group is 2 * S elements
+        first = len(emu.launches)
+        gn_case(emu, dev, (1, 4, S), 2, dtype, wdtype, False, silu=k % 2 == 0, affine=k != 1)
+        names = [e[0] for e in emu.launches[first:]]
+        op = f"<fusednorm::gn::RowsFwdOp<{CTYPE[dtype]}, {CTYPE[wdtype]}>, {v},"
+        fwd |= {m for m in names if f"row::fwd_kernel{op}" in m or f"row::fwd_looped_kernel{op}" in m}
+        bw = f"<{CTYPE[dtype]}, {CTYPE[wdtype]}, {v},"
+        bwd |= {m for m in names if f"gn::rows_bwd_kernel{bw}" in m or f"gn::rows_bwd_looped_kernel{bw}" in m}
+        if k != 1:
+            assert any(f"gn::grad_merge_kernel<{CTYPE[wdtype]}>" in m for m in names), names
+    assert len(fwd) == len(GN_ROW_NVEC[vector]), sorted(fwd)
+    assert len(bwd) == len(GN_ROW_NVEC[vector]), sorted(bwd)
+
+
+@pytest.mark.parametrize("rdtype", [F32, F16, BF16, F64], ids=["fp32", "fp16", "bf16", "fp64"])
+def test_instance_norm_running(emu, dev, rdtype):
+    """InstanceNorm's running statistics from one batch's (N, C) statistics, in place, in the
+    buffers' dtype: running <- (1 - m) running + m * batch average of the instance means and
+    unbiased variances (1/rstd^2 - eps, clamped at 0, * S/(S-1))."""
+    N, C, S, eps, m = 37, 45, 49, 1e-5, 0.1
+    g = torch.Generator().manual_seed(5)
+    mean = torch.randn(N, C, generator=g)
+    rstd = torch.rand(N, C, generator=g) * 2 + 0.5
+    rstd[0, 0] = 1 / np.sqrt(eps) * 1.01  # a variance below 0 after - eps: clamped
+    rm = torch.randn(C, generator=g, dtype=torch.float64).to(rdtype)
+    rv = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(rdtype)
+    bm, br = dev.input("mean", mean), dev.input("rstd", rstd)
+    brm, brv = dev.output("running_mean", rdtype, (C,)), dev.output("running_var", rdtype, (C,))
+    res = run_checked(emu, [], [], "fn_instance_norm_running", bm.ptr, br.ptr, brm.ptr, brv.ptr, DT[rdtype],
+                      DT[rdtype], N, C, m, eps, S / (S - 1), 0, inouts=[(brm, rm), (brv, rv)])
+    var64 = (rstd.double().reciprocal().square() - eps).clamp_min(0) * (S / (S - 1))
+    ref_m = rm.double() * (1 - m) + mean.double().mean(0) * m
+    ref_v = rv.double() * (1 - m) + var64.mean(0) * m
+    var32 = (1 / (rstd * rstd) - eps).clamp_min(0) * (S / (S - 1))
+    th_m = (rm.float() * (1 - m) + mean.mean(0) * m).to(rdtype)
+    th_v = (rv.float() * (1 - m) + var32.mean(0) * m).to(rdtype)
+    assert_accurate(res["running_mean"], ref_m, th_m, rdtype, "running_mean")
+    assert_accurate(res["running_var"], ref_v, th_v, rdtype, "running_var")
+    # one buffer only, and nothing to do
+    res = run_checked(emu, [], [], "fn_instance_norm_running", bm.ptr, br.ptr, None, brv.ptr, DT[rdtype], DT[rdtype],
+                      N, C, m, eps, S / (S - 1), 0, inouts=[(brv, rv)])
+    assert torch.equal(res["running_var"], run_checked(emu, [], [], "fn_instance_norm_running", bm.ptr, br.ptr,
+                                                       brm.ptr, brv.ptr, DT[rdtype], DT[rdtype], N, C, m, eps,
+                                                       S / (S - 1), 0, inouts=[(brm, rm), (brv, rv)])["running_var"])
+    emu.call("fn_instance_norm_running", bm.ptr, br.ptr, None, None, 0, 0, N, C, m, eps, 1.0, 0)
+    assert emu.last_log == []
+
+
 # ============================================================================ BatchNorm
-def bn_case(emu, dev, shape, dtype, wdtype, cl, training, offset=0.0, affine=True, nan_at=None):
+def bn_case(emu, dev, shape, dtype, wdtype, cl, training, offset=0.0, affine=True, nan_at=None, rdtype=F32,
+            momentum=0.1, track=True):
+    """track: running statistics in rdtype and num_batches_tracked given (training updates them in
+    place: momentum, or None for the cumulative average 1 / num_batches_tracked); eval always
+    reads them."""
     eps = 1e-5
     N, C = shape[:2]
     S = int(np.prod(shape[2:])) if len(shape) > 2 else 1
@@ -747,21 +950,30 @@ def bn_case(emu, dev, shape, dtype, wdtype, cl, training, offset=0.0, affine=Tru
         x[nan_at] = float("nan")
     w = (randn(C, seed=seed + 2) * 0.5 + 1).to(wdtype) if affine else None
     b = randn(C, seed=seed + 3).to(wdtype) if affine else None
-    rm = randn(C, seed=seed + 5, offset=offset) if not training else None
-    rv = (torch.rand(C, generator=torch.Generator().manual_seed(seed + 6)) + 0.5) if not training else None
+    rm = randn(C, seed=seed + 5, offset=offset).to(rdtype)
+    rv = (torch.rand(C, generator=torch.Generator().manual_seed(seed + 6), dtype=torch.float64) + 0.5).to(rdtype)
+    nbt0 = torch.tensor([3], dtype=torch.int64)
     bx, bw, bb = dev.input("x", to_mem(x, cl)), dev.input("weight", w), dev.input("bias", b)
     out = dev.output("out", dtype, (x.numel(),))
     tag = f"BN {shape} {DTYPE_IDS[dtype]} w={DTYPE_IDS[wdtype]} cl={cl} train={training}"
+    mean, rstd = dev.output("mean", F32, (C,)), dev.output("rstd", F32, (C,))
+    brm = brv = bnbt = var = ws = None
+    inouts = []
     if training:
-        mean, rstd, var = (dev.output(n, F32, (C,)) for n in ("mean", "rstd", "var"))
+        var = dev.output("var", F32, (C,))
         ws = dev.workspace(emu.ws("fn_batch_norm_fwd_workspace_bytes", N, C, S, int(cl)))
         outs, wss = [out, mean, rstd, var], [ws]
-    else:  # eval: the running statistics come in as fp32 mean / rstd
-        mean = dev.input("mean", rm.float())
-        rstd = dev.input("rstd", torch.rsqrt(rv.float() + eps))
-        var, ws, outs, wss = None, None, [out], []
+        if track:
+            brm, brv = dev.output("running_mean", rdtype, (C,)), dev.output("running_var", rdtype, (C,))
+            bnbt = dev.output("num_batches_tracked", torch.int64, (1,))
+            inouts = [(brm, rm), (brv, rv), (bnbt, nbt0)]
+    else:  # eval: mean / rstd come from the running statistics, computed in the kernel
+        brm, brv = dev.input("running_mean", rm), dev.input("running_var", rv)
+        outs, wss = [out, mean, rstd], []
+    mom = 0.0 if momentum is None else momentum
     res = run_checked(emu, outs, wss, "fn_batch_norm_fwd", bx.ptr, ptr(bw), ptr(bb), out.ptr, mean.ptr, rstd.ptr,
-                      ptr(var), ptr(ws), N, C, S, eps, int(training), int(cl), DT[dtype], DT[wdtype], 0)
+                      ptr(var), ptr(brm), ptr(brv), DT[rdtype], DT[rdtype], ptr(bnbt), mom, int(momentum is None),
+                      ptr(ws), N, C, S, eps, int(training), int(cl), DT[dtype], DT[wdtype], 0, inouts=inouts)
     y = from_mem(res["out"], shape, cl)
     dims = [0] + list(range(2, len(shape)))
     if nan_at is not None:
@@ -787,9 +999,23 @@ def bn_case(emu, dev, shape, dtype, wdtype, cl, training, offset=0.0, affine=Tru
         assert_accurate(res["var"], var64, xf.var(dims, unbiased=False), F32, tag + " var")
         assert_accurate(res["rstd"], torch.rsqrt(var64 + eps), torch.rsqrt(xf.var(dims, unbiased=False) + eps),
                         F32, tag + " rstd")
+        if track:  # running <- (1 - f) running + f batch (unbiased variance), f = momentum or 1 / 4
+            assert res["num_batches_tracked"].item() == 4, tag + " num_batches_tracked"
+            f = momentum if momentum is not None else 1 / 4
+            count = N * S
+            ref_m = rm.double() * (1 - f) + x64.mean(dims) * f
+            ref_v = rv.double() * (1 - f) + x64.var(dims, unbiased=True) * f
+            th_m = (rm.float() * (1 - f) + xf.mean(dims) * f).to(rdtype)
+            th_v = (rv.float() * (1 - f) + xf.var(dims, unbiased=False) * (count / (count - 1)) * f).to(rdtype)
+            assert res["running_mean"].dtype == rdtype
+            assert_accurate(res["running_mean"], ref_m, th_m, rdtype, tag + " running_mean")
+            assert_accurate(res["running_var"], ref_v, th_v, rdtype, tag + " running_var")
         m_in, r_in = res["mean"], res["rstd"]
     else:
-        m_in, r_in = rm.float(), torch.rsqrt(rv.float() + eps)
+        assert torch.equal(res["mean"], rm.float()), tag + " eval mean = running_mean as fp32"
+        assert_accurate(res["rstd"], torch.rsqrt(rv.double() + eps), torch.rsqrt(rv.float() + eps), F32,
+                        tag + " eval rstd")
+        m_in, r_in = res["mean"], res["rstd"]
 
     dy = randn(*shape, dtype=dtype, seed=seed + 4)
     bdy = dev.input("dy", to_mem(dy, cl))
@@ -853,10 +1079,10 @@ def test_batch_norm_offset_nan_plain(emu, dev):
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("dtype,wdtype", LN_PAIRS, ids=[f"{DTYPE_IDS[a]}-w{DTYPE_IDS[b]}" for a, b in LN_PAIRS])
 def test_channel_paths(emu, dev, dtype, wdtype, cl, vector):
-    """GroupNorm and BatchNorm through every kernel instantiation of channel.cuh and their own
-    kernels: dtype pair x layout x vector/scalar (NCHW vectorizes when S % VEC == 0, the
-    channels_last elementwise pass when C % VEC == 0)."""
-    v = VEC[dtype]
+    """BatchNorm (both layouts) and channels_last GroupNorm through every kernel instantiation of
+    the channel patterns (channel.cuh) and their merges: dtype pair x layout x vector width (NCHW
+    vectorizes when S % VEC == 0, channels_last when C % VEC == 0)."""
+    v = VEC[dtype] if vector else 1
     C = 8 if vector else 6  # channels_last: C % VEC decides
     shape = (2, C, 4, 4) if (vector or cl) else (2, C, 3, 3)  # NCHW: S = 16 or 9
     first = len(emu.launches)
@@ -864,28 +1090,65 @@ def test_channel_paths(emu, dev, dtype, wdtype, cl, vector):
     bn_case(emu, dev, shape, dtype, wdtype, cl, training=True)
     bn_case(emu, dev, shape, dtype, wdtype, cl, training=False)
     names = " ".join(e[0] for e in emu.launches[first:])
-    for kind in ("gn::FwdMap", "gn::BwdDxMap", "bn::FwdMap", "bn::BwdDxMap"):
-        want = (f"channel_map_kernel<{str(cl).lower()}, {v if vector else 1}, "
-                f"fusednorm::{kind}<{CTYPE[dtype]}, {CTYPE[wdtype]}>")
-        assert want in names, f"expected {want}"
+    T, W, lay = CTYPE[dtype], CTYPE[wdtype], "cl" if cl else "nchw"
+    want = [f"reduce_{lay}_kernel<fusednorm::chan::ShiftedSumsOp<{T}>, {v}>",
+            f"map_{lay}_kernel<fusednorm::bn::ApplyOp<{T}, {W}>, {v}>",
+            f"reduce_{lay}_kernel<fusednorm::bn::GradSumsOp<{T}>, {v}>",
+            f"map_{lay}_kernel<fusednorm::bn::DxOp<{T}, {W}>, {v}>",
+            f"bn::stats_merge_kernel<{T}>", f"bn::grad_merge_kernel<{W}>"]
+    if cl:
+        want += [f"map_cl_kernel<fusednorm::gn::ClApplyOp<{T}, {W}>, {v}>",
+                 f"reduce_cl_kernel<fusednorm::gn::ClGradSumsOp<{T}, {W}>, {v}>",
+                 f"map_cl_kernel<fusednorm::gn::ClDxOp<{T}, {W}>, {v}>", f"gn::stats_merge_kernel<{T}>"]
+    else:
+        want += [f"row::fwd_kernel<fusednorm::gn::RowsFwdOp<{T}, {W}>, {v},", f"gn::rows_bwd_kernel<{T}, {W}, {v},"]
+    for k in want:
+        assert k in names, f"expected {k}"
+
+
+def bn_fwd_call(emu, x, out, st, run=(None, None), nbt=None, momentum=0.1, ws=None, N=2, C=4, S=3, training=1,
+                xdt=0, wdt=0, weight=None):
+    emu.call("fn_batch_norm_fwd", x.ptr, weight, None, out.ptr, *(b.ptr for b in st), *run, 0, 0, nbt,
+             0.0 if momentum is None else momentum, int(momentum is None), ws, N, C, S, 1e-5, training, 0, xdt, wdt, 0)
 
 
 def test_batch_norm_degenerate(emu, dev):
     x = dev.input("x", randn(2, 4, 3))
     out = dev.output("out", F32, (24,))
     st = [dev.output(n, F32, (4,)) for n in ("mean", "rstd", "var")]
-    emu.call("fn_batch_norm_fwd", x.ptr, None, None, out.ptr, *(b.ptr for b in st), None, 2, 0, 3, 1e-5, 1, 0, 0, 0, 0)
-    emu.call("fn_batch_norm_fwd", x.ptr, None, None, out.ptr, *(b.ptr for b in st), None, 0, 4, 3, 1e-5, 0, 0, 0, 0, 0)
+    rm, rv = dev.output("rm", F32, (4,)), dev.output("rv", F32, (4,))
+    bn_fwd_call(emu, x, out, st, C=0)
+    bn_fwd_call(emu, x, out, st, run=(rm.ptr, rv.ptr), N=0, training=0)
     emu.call("fn_batch_norm_bwd", x.ptr, x.ptr, None, st[0].ptr, st[1].ptr, out.ptr, None, st[2].ptr, None, 0, 4, 3,
              1, 0, 0, 0, 0)
     assert emu.last_log == []
     assert unwritten(out, out.bytes()).size == 24
     with pytest.raises(EmuError, match="training needs N \\* spatial >= 1"):
-        emu.call("fn_batch_norm_fwd", x.ptr, None, None, out.ptr, *(b.ptr for b in st), None, 0, 4, 3, 1e-5, 1, 0,
-                 0, 0, 0)
+        bn_fwd_call(emu, x, out, st, N=0)
+    with pytest.raises(EmuError, match="eval needs running_mean and running_var"):
+        bn_fwd_call(emu, x, out, st, run=(rm.ptr, None), training=0)
+    with pytest.raises(EmuError, match="momentum None needs num_batches_tracked"):
+        bn_fwd_call(emu, x, out, st, run=(rm.ptr, rv.ptr), momentum=None)
     with pytest.raises(EmuError, match="weight dtype bfloat16 must be x's dtype"):
-        emu.call("fn_batch_norm_fwd", x.ptr, x.ptr, None, out.ptr, *(b.ptr for b in st), None, 2, 4, 3, 1e-5, 0, 0,
-                 DT[F16], DT[BF16], 0)
+        bn_fwd_call(emu, x, out, st, run=(rm.ptr, rv.ptr), training=0, xdt=DT[F16], wdt=DT[BF16], weight=x.ptr)
+    assert emu.last_log == []
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+@pytest.mark.parametrize("rdtype", [F32, F16, BF16, F64], ids=["fp32", "fp16", "bf16", "fp64"])
+def test_batch_norm_running(emu, dev, rdtype, momentum):
+    """Training updates the running statistics in place, in their own dtype (computed in fp32,
+    rounded once), and num_batches_tracked += 1 on the device; momentum None takes 1 / the new
+    count.  Both layouts; bf16 x with fp32 weights."""
+    for cl in (False, True):
+        bn_case(emu, dev, (3, 16, 5, 4), BF16, F32, cl, True, rdtype=rdtype, momentum=momentum)
+    bn_case(emu, dev, (3, 16, 5, 4), F32, F32, False, False, rdtype=rdtype)  # eval reads them
+
+
+def test_batch_norm_untracked(emu, dev):
+    """Training without running statistics (and without num_batches_tracked)."""
+    bn_case(emu, dev, (4, 8, 6), F16, F16, False, True, track=False)
+    bn_case(emu, dev, (4, 8, 6, 2), F16, F16, True, True, track=False)
 
 
 # =============================================================== the checks have teeth
@@ -1290,6 +1553,7 @@ ASAN_SUBSET = [
     "test_layer_norm_rows[gridstride-small-N]",
     "test_group_norm[(2, 40, 17, 17)-G8-fp16-wfp16-cl-silu]", "test_group_norm[(1, 4, 96, 96)-G2-fp32-wfp32-nchw]",
     "test_batch_norm[(4, 5, 40, 40)-fp32-wfp32-cl-train]", "test_batch_norm[(2, 24, 13, 11)-fp16-wfp16-nchw-eval]",
+    "test_layer_norm_2d[(2, 768, 8, 8)-fp16-wfp16-nchw]", "test_batch_norm_running[bf16-cumulative]",
     "test_bug_missing_syncthreads", "test_shuffle_semantics", "test_grid_barrier_needs_resident_blocks",
 ]
 

@@ -1,12 +1,18 @@
-// BatchNorm over (N, C, S) in NCHW or channels_last, statistics per channel over N * S.
+// BatchNorm over (N, C, S) in NCHW or channels_last: statistics per channel over N * S values,
+// on the channel patterns (channel.cuh).
 //
-// Training forward: per-(n, c, chunk) Welford partials (channel.cuh; channels_last and S == 1
-//   are folded to N' = 1, S' = N * S so chunks tile all rows) -> bn_stats_kernel Chan-merges
-//   each channel's partials in a fixed order -> mean, biased var, rstd -> elementwise apply.
-// Eval forward: the caller passes the running statistics as fp32 mean / rstd; apply only.
-// Backward: per-channel sums (sum dy, sum dy * xhat) by the same partial scheme ->
-//   bn_bwd_finalize_kernel: dbias = sum dy, dweight = sum dy * xhat, coefficients ->
-//   dx = rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat))  (training)
+// Training forward (3 launches): shifted sums per (channel, split) (chan::ShiftedSumsOp, K =
+//   the channel's first element; also num_batches_tracked += 1) -> stats_merge_kernel, a warp
+//   per channel: mean, biased var, rstd, and the running statistics updated in place
+//     f = momentum, or 1 / num_batches_tracked (momentum None: the cumulative average),
+//     running_mean <- (1 - f) running_mean + f mean,  running_var <- (1 - f) running_var + f var n/(n-1)
+//   computed in fp32, rounded once to each buffer's dtype -> ApplyOp: y = (x - mean) * a + b,
+//   a = rstd * w computed once per channel and thread.
+// Eval forward (1 launch): ApplyOp with mean = running_mean, rstd = 1/sqrt(running_var + eps),
+//   computed per channel in the kernel (the thread first to cover a channel writes them out).
+// Backward (3 launches): per-channel sums of dy and dy * (x - mean) -> grad_merge_kernel:
+//   dbias = sum dy, dweight = rstd * sum dy (x - mean), coefficients -> DxOp:
+//   dx = rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat))   (training)
 //   dx = rstd * w * dy                                          (eval)
 #pragma once
 
@@ -17,127 +23,235 @@
 namespace fusednorm {
 namespace bn {
 
-// One thread per channel: Chan-merge partials n = 0..N-1, chunk = 0..chunks-1 in that order;
-// the partials are of x - K (channel.cuh WelfordOp), K = x[shift(0, c)].
+constexpr int kMergeThreads = 256;  // 8 channels a block, a warp each
+
+struct Running {
+  void* mean = nullptr;  // (C,) or nullptr, updated in place
+  void* var = nullptr;
+  DType mean_dtype = DType::kFloat32, var_dtype = DType::kFloat32;
+  const int64_t* nbt = nullptr;  // num_batches_tracked, already incremented (cumulative only)
+  float momentum = 0.1f;
+  bool cumulative = false;  // momentum None
+};
+
+// A warp per channel: the splits' partials summed lane-strided, then across the warp.
 template <typename T>
-__global__ void bn_stats_kernel(const Welford* __restrict__ part, const T* __restrict__ x,
-                                ShiftAt shift, int64_t N, int64_t C, int64_t chunks, float eps,
-                                float* __restrict__ mean, float* __restrict__ var,
-                                float* __restrict__ rstd) {
-  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
-       c += int64_t(gridDim.x) * blockDim.x) {
-    Welford acc{};
-    for (int64_t n = 0; n < N; ++n) {
-      const Welford* p = part + (n * C + c) * chunks;
-      for (int64_t k = 0; k < chunks; ++k) acc = merge(acc, p[k]);
-    }
-    const float v = acc.m2 / acc.n;  // biased
-    mean[c] = to_float(x[shift(0, c)]) + acc.mean;
-    var[c] = v;
-    rstd[c] = rsqrtf(v + eps);
+__global__ void __launch_bounds__(kMergeThreads)
+    stats_merge_kernel(const float* __restrict__ part, int64_t splits, const T* __restrict__ x,
+                       int64_t shift_stride, int64_t C, float inv_count, float bessel, float eps,
+                       float* __restrict__ mean, float* __restrict__ var, float* __restrict__ rstd,
+                       const Running run) {
+  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = int(threadIdx.x) & 31;
+  if (c >= C) return;  // whole warps
+  float s[2] = {0.f, 0.f};
+  for (int64_t j = lane; j < splits; j += 32) {
+    s[0] += part[(c * splits + j) * 2];
+    s[1] += part[(c * splits + j) * 2 + 1];
+  }
+  warp_sum(s);
+  if (lane != 0) return;
+  const MeanVar mv = shifted_mean_var(to_float(x[c * shift_stride]), s[0], s[1], inv_count);
+  mean[c] = mv.mean;
+  var[c] = mv.var;
+  rstd[c] = rsqrtf(mv.var + eps);
+  if (run.mean != nullptr || run.var != nullptr) {
+    const float f = run.cumulative ? 1.f / float(*run.nbt) : run.momentum;
+    if (run.mean != nullptr)
+      store_any(run.mean, run.mean_dtype, c, load_any(run.mean, run.mean_dtype, c) * (1.f - f) + mv.mean * f);
+    if (run.var != nullptr)
+      store_any(run.var, run.var_dtype, c, load_any(run.var, run.var_dtype, c) * (1.f - f) + mv.var * bessel * f);
   }
 }
 
 template <typename T, typename W>
-struct FwdMap {
-  const T* x;
-  T* out;
-  const W* w;
-  const W* b;
-  const float* mean;
-  const float* rstd;
-  template <int VEC, bool CL>
-  __device__ void apply(int64_t i, int64_t, int64_t c) const {
-    float v[VEC];
-    load_f32<VEC>(x + i, v);
-    auto params = [&](int64_t cc, float& mu, float& r, float& wc, float& bc) {
-      mu = mean[cc];
-      r = rstd[cc];
-      wc = w ? to_float(w[cc]) : 1.f;
-      bc = b ? to_float(b[cc]) : 0.f;
-    };
-    float mu, r, wc, bc;
-    if constexpr (!CL) params(c, mu, r, wc, bc);
+struct ApplyOp {
+  static constexpr int kLoads = 4, kMinBlocks = 3;
+  static constexpr bool kPlanes = true;
+  const T* __restrict__ x;
+  T* __restrict__ out;
+  const W* __restrict__ w;
+  const W* __restrict__ b;
+  const float* __restrict__ mean;  // training: the batch statistics
+  const float* __restrict__ rstd;
+  const void* rm;                  // eval (rm != nullptr): the running statistics
+  const void* rv;
+  DType rm_dtype, rv_dtype;
+  float eps;
+  float* __restrict__ mean_out;    // eval: written once per channel
+  float* __restrict__ rstd_out;
+
+  template <int VEC>
+  struct In {
+    Pack<T, VEC> x;
+  };
+  template <int VEC>
+  struct Ctx {
+    float m[VEC], a[VEC], b[VEC];
+  };
+  template <int VEC, bool kCl>
+  __device__ __forceinline__ Ctx<VEC> context(int64_t, int64_t c, bool first) const {
+    Ctx<VEC> t;
+    float r[VEC], wv[VEC];
+    if (rm == nullptr) {
+      chan::channel_vals<VEC, kCl>(mean, c, t.m, 0.f);
+      chan::channel_vals<VEC, kCl>(rstd, c, r, 1.f);
+    } else {
+      // NCHW: one channel for the whole vector, read once
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      if constexpr (CL) params(c + k, mu, r, wc, bc);
-      v[k] = (v[k] - mu) * r * wc + bc;
+      for (int v = 0; v < (kCl ? VEC : 1); ++v) {
+        t.m[v] = load_any(rm, rm_dtype, c + v);
+        r[v] = rsqrtf(load_any(rv, rv_dtype, c + v) + eps);
+        if (first) {
+          mean_out[c + v] = t.m[v];
+          rstd_out[c + v] = r[v];
+        }
+      }
+#pragma unroll
+      for (int v = 1; v < VEC; ++v) {
+        if (!kCl) {
+          t.m[v] = t.m[0];
+          r[v] = r[0];
+        }
+      }
     }
-    store_f32<VEC>(out + i, v);
+    chan::channel_vals<VEC, kCl>(w, c, wv, 1.f);
+    chan::channel_vals<VEC, kCl>(b, c, t.b, 0.f);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) t.a[v] = r[v] * wv[v];
+    return t;
+  }
+  template <int VEC>
+  __device__ __forceinline__ In<VEC> load(int64_t off) const {
+    return In<VEC>{ld_pack<VEC>(x + off)};
+  }
+  template <int VEC>
+  __device__ __forceinline__ void store(const Ctx<VEC>& t, int64_t off, const In<VEC>& in) const {
+    float v[VEC];
+    unpack(in.x, v);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = (v[i] - t.m[i]) * t.a[i] + t.b[i];
+    st_pack<VEC>(out + off, pack<T, VEC>(v));
   }
 };
 
+// Backward sums per channel: sum dy, sum dy * (x - mean).
 template <typename T>
-struct BwdOp {
-  using Acc = Sum2;  // a: sum dy, b: sum dy * xhat
-  struct Ctx { float mu, r; };
-  const T* x;
-  const T* dy;
-  const float* mean;
-  const float* rstd;
-  __device__ Ctx context(int64_t, int64_t c) const { return Ctx{mean[c], rstd[c]}; }
+struct GradSumsOp {
+  static constexpr int K = 2, kLoads = 4, kMinBlocks = 2;
+  static constexpr bool kPlanes = true;
+  const T* __restrict__ x;
+  const T* __restrict__ dy;
+  const float* __restrict__ mean;
   template <int VEC>
-  __device__ void accumulate(Acc& acc, const Ctx& k, int64_t off) const {
+  struct In {
+    Pack<T, VEC> x, dy;
+  };
+  template <int VEC>
+  struct Ctx {
+    float m[VEC];
+  };
+  template <int VEC, bool kCl>
+  __device__ __forceinline__ Ctx<VEC> context(int64_t, int64_t c) const {
+    Ctx<VEC> t;
+    chan::channel_vals<VEC, kCl>(mean, c, t.m, 0.f);
+    return t;
+  }
+  template <int VEC>
+  __device__ __forceinline__ In<VEC> load(int64_t off) const {
+    return In<VEC>{ld_pack<VEC>(x + off), ld_pack<VEC>(dy + off)};
+  }
+  template <int VEC>
+  __device__ __forceinline__ void accumulate(float (&acc)[VEC][K], const Ctx<VEC>& t, const In<VEC>& in) const {
     float xv[VEC], gv[VEC];
-    load_f32<VEC>(x + off, xv);
-    load_f32<VEC>(dy + off, gv);
+    unpack(in.x, xv);
+    unpack(in.dy, gv);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      acc.a += gv[i];
-      acc.b += gv[i] * (xv[i] - k.mu) * k.r;
+      acc[i][0] += gv[i];
+      acc[i][1] += gv[i] * (xv[i] - t.m[i]);
     }
   }
+  __device__ __forceinline__ void once() const {}
 };
 
-// One thread per channel: sums over the partials in a fixed order; weight gradients and the
-// dx coefficients coef[c] = (mean(dy), mean(dy * xhat)).
+// A warp per channel: dbias = sum dy, dweight = rstd * sum dy (x - mean) (= sum dy * xhat), and
+// the dx coefficients coef[c] = (mean(dy), mean(dy * xhat)).
 template <typename W>
-__global__ void bn_bwd_finalize_kernel(const Sum2* __restrict__ part, int64_t N, int64_t C,
-                                       int64_t chunks, float inv_count, W* __restrict__ dweight,
-                                       W* __restrict__ dbias, Sum2* __restrict__ coef) {
-  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
-       c += int64_t(gridDim.x) * blockDim.x) {
-    Sum2 s = sum2_init();
-    for (int64_t n = 0; n < N; ++n) {
-      const Sum2* p = part + (n * C + c) * chunks;
-      for (int64_t k = 0; k < chunks; ++k) s = merge(s, p[k]);
-    }
-    if (dweight) dweight[c] = from_float<W>(s.b);
-    if (dbias) dbias[c] = from_float<W>(s.a);
-    coef[c] = Sum2{s.a * inv_count, s.b * inv_count};
+__global__ void __launch_bounds__(kMergeThreads)
+    grad_merge_kernel(const float* __restrict__ part, int64_t splits, int64_t C, float inv_count,
+                      const float* __restrict__ rstd, W* __restrict__ dweight, W* __restrict__ dbias,
+                      float* __restrict__ coef) {
+  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = int(threadIdx.x) & 31;
+  if (c >= C) return;
+  float s[2] = {0.f, 0.f};
+  for (int64_t j = lane; j < splits; j += 32) {
+    s[0] += part[(c * splits + j) * 2];
+    s[1] += part[(c * splits + j) * 2 + 1];
   }
+  warp_sum(s);
+  if (lane != 0) return;
+  const float r = rstd[c];
+  if (dbias != nullptr) dbias[c] = from_float<W>(s[0]);
+  if (dweight != nullptr) dweight[c] = from_float<W>(r * s[1]);
+  coef[2 * c] = s[0] * inv_count;
+  coef[2 * c + 1] = r * s[1] * inv_count;
 }
 
 template <typename T, typename W>
-struct BwdDxMap {
-  const T* dy;
-  const T* x;
-  T* dx;
-  const W* w;
-  const float* mean;
-  const float* rstd;
-  const Sum2* coef;  // nullptr in eval mode
-  template <int VEC, bool CL>
-  __device__ void apply(int64_t i, int64_t, int64_t c) const {
-    float xv[VEC], gv[VEC];
-    load_f32<VEC>(dy + i, gv);
-    if (coef) load_f32<VEC>(x + i, xv);
-    auto params = [&](int64_t cc, float& mu, float& r, float& wc, Sum2& cf) {
-      mu = mean[cc];
-      r = rstd[cc];
-      wc = w ? to_float(w[cc]) : 1.f;
-      cf = coef ? coef[cc] : Sum2{0.f, 0.f};
-    };
-    float mu, r, wc;
-    Sum2 cf;
-    if constexpr (!CL) params(c, mu, r, wc, cf);
+struct DxOp {
+  static constexpr int kLoads = 4, kMinBlocks = 2;
+  static constexpr bool kPlanes = true;
+  const T* __restrict__ x;
+  const T* __restrict__ dy;
+  T* __restrict__ dx;
+  const W* __restrict__ w;
+  const float* __restrict__ mean;
+  const float* __restrict__ rstd;
+  const float* __restrict__ coef;  // (C, 2); nullptr in eval: dx = rstd * w * dy
+  template <int VEC>
+  struct In {
+    Pack<T, VEC> x, dy;
+  };
+  template <int VEC>
+  struct Ctx {
+    float m[VEC], a[VEC], k1[VEC], k2[VEC];
+  };
+  template <int VEC, bool kCl>
+  __device__ __forceinline__ Ctx<VEC> context(int64_t, int64_t c, bool) const {
+    Ctx<VEC> t;
+    float r[VEC], wv[VEC];
+    chan::channel_vals<VEC, kCl>(mean, c, t.m, 0.f);
+    chan::channel_vals<VEC, kCl>(rstd, c, r, 1.f);
+    chan::channel_vals<VEC, kCl>(w, c, wv, 1.f);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      if constexpr (CL) params(c + k, mu, r, wc, cf);
-      const float g = coef ? gv[k] - cf.a - (xv[k] - mu) * r * cf.b : gv[k];
-      gv[k] = r * wc * g;
+    for (int v = 0; v < VEC; ++v) {
+      const int64_t cc = kCl ? c + v : c;
+      t.a[v] = r[v] * wv[v];
+      // NCHW: one channel for the whole vector, read once
+      t.k1[v] = coef == nullptr ? 0.f : (kCl || v == 0) ? coef[2 * cc] : t.k1[0];
+      t.k2[v] = coef == nullptr ? 0.f : (kCl || v == 0) ? r[v] * coef[2 * cc + 1] : t.k2[0];  // rstd * mean(dy xhat)
     }
-    store_f32<VEC>(dx + i, gv);
+    return t;
+  }
+  template <int VEC>
+  __device__ __forceinline__ In<VEC> load(int64_t off) const {
+    return In<VEC>{coef != nullptr ? ld_pack<VEC>(x + off) : zero_pack<T, VEC>(), ld_pack<VEC>(dy + off)};
+  }
+  template <int VEC>
+  __device__ __forceinline__ void store(const Ctx<VEC>& t, int64_t off, const In<VEC>& in) const {
+    float xv[VEC], gv[VEC];
+    unpack(in.x, xv);
+    unpack(in.dy, gv);
+    if (coef != nullptr) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) gv[i] = t.a[i] * (gv[i] - t.k1[i] - (xv[i] - t.m[i]) * t.k2[i]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) gv[i] = t.a[i] * gv[i];
+    }
+    st_pack<VEC>(dx + off, pack<T, VEC>(gv));
   }
 };
 

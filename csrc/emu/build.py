@@ -37,6 +37,8 @@ COMMON_FLAGS = [
     "-fno-extern-tls-init",      # extern __shared__ (thread_local) needs no init wrapper
     "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable",
     "-U_FORTIFY_SOURCE",         # siglongjmp out of faulting fibers crosses stacks
+    "-fno-gnu-unique",           # statics of inline templates (launch caches) stay per library:
+                                 # a second copy loaded in the process (launch plans) owns its own
 ]
 VARIANT_FLAGS = {
     "release": ["-O2"],

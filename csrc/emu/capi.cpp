@@ -126,6 +126,57 @@ int fn_layer_norm_bwd(const void* dy, const void* dxsum, const void* x, long lon
   });
 }
 
+int fn_layer_norm_2d_fwd(const void* x, const void* weight, const void* bias, void* out, float* mean, float* rstd,
+                         long long N, long long C, long long S, float eps, int cl, int x_dtype, int w_dtype,
+                         long long stream) {
+  return guarded([&] {
+    fusednorm::LayerNorm2dFwdArgs a;
+    a.x = x;
+    a.weight = weight;
+    a.bias = bias;
+    a.out = out;
+    a.mean = mean;
+    a.rstd = rstd;
+    a.N = N;
+    a.C = C;
+    a.S = S;
+    a.eps = eps;
+    a.channels_last = cl != 0;
+    a.x_dtype = dt(x_dtype);
+    a.w_dtype = dt(w_dtype);
+    fusednorm::layer_norm_2d_fwd(a, stream_of(stream));
+  });
+}
+
+unsigned long long fn_layer_norm_2d_bwd_workspace_bytes(long long N, long long C, long long S, int cl) {
+  std::lock_guard<std::recursive_mutex> lk(g_mu);
+  return fusednorm::layer_norm_2d_bwd_workspace_bytes(N, C, S, cl != 0);
+}
+
+int fn_layer_norm_2d_bwd(const void* dy, const void* x, const void* weight, const float* mean, const float* rstd,
+                         void* dx, void* dweight, void* dbias, void* workspace, long long N, long long C, long long S,
+                         int cl, int x_dtype, int w_dtype, long long stream) {
+  return guarded([&] {
+    fusednorm::LayerNorm2dBwdArgs a;
+    a.dy = dy;
+    a.x = x;
+    a.weight = weight;
+    a.mean = mean;
+    a.rstd = rstd;
+    a.dx = dx;
+    a.dweight = dweight;
+    a.dbias = dbias;
+    a.workspace = workspace;
+    a.N = N;
+    a.C = C;
+    a.S = S;
+    a.channels_last = cl != 0;
+    a.x_dtype = dt(x_dtype);
+    a.w_dtype = dt(w_dtype);
+    fusednorm::layer_norm_2d_bwd(a, stream_of(stream));
+  });
+}
+
 unsigned long long fn_group_norm_fwd_workspace_bytes(long long N, long long C, long long S, int cl) {
   std::lock_guard<std::recursive_mutex> lk(g_mu);
   return fusednorm::group_norm_fwd_workspace_bytes(N, C, S, cl != 0);
@@ -195,8 +246,10 @@ unsigned long long fn_batch_norm_fwd_workspace_bytes(long long N, long long C, l
 }
 
 int fn_batch_norm_fwd(const void* x, const void* weight, const void* bias, void* out, float* mean, float* rstd,
-                      float* var, void* workspace, long long N, long long C, long long S, float eps, int training,
-                      int cl, int x_dtype, int w_dtype, long long stream) {
+                      float* var, void* running_mean, void* running_var, int rm_dtype, int rv_dtype,
+                      long long* num_batches_tracked, float momentum, int cumulative, void* workspace, long long N,
+                      long long C, long long S, float eps, int training, int cl, int x_dtype, int w_dtype,
+                      long long stream) {
   return guarded([&] {
     fusednorm::BatchNormFwdArgs a;
     a.x = x;
@@ -206,6 +259,13 @@ int fn_batch_norm_fwd(const void* x, const void* weight, const void* bias, void*
     a.mean = mean;
     a.rstd = rstd;
     a.var = var;
+    a.running_mean = running_mean;
+    a.running_var = running_var;
+    a.running_mean_dtype = dt(rm_dtype);
+    a.running_var_dtype = dt(rv_dtype);
+    a.num_batches_tracked = reinterpret_cast<int64_t*>(num_batches_tracked);
+    a.momentum = momentum;
+    a.cumulative = cumulative != 0;
     a.workspace = workspace;
     a.N = N;
     a.C = C;
@@ -216,6 +276,26 @@ int fn_batch_norm_fwd(const void* x, const void* weight, const void* bias, void*
     a.x_dtype = dt(x_dtype);
     a.w_dtype = dt(w_dtype);
     fusednorm::batch_norm_fwd(a, stream_of(stream));
+  });
+}
+
+int fn_instance_norm_running(const float* mean, const float* rstd, void* running_mean, void* running_var,
+                             int rm_dtype, int rv_dtype, long long N, long long C, float momentum, float eps,
+                             float unbias, long long stream) {
+  return guarded([&] {
+    fusednorm::InstanceNormRunningArgs a;
+    a.mean = mean;
+    a.rstd = rstd;
+    a.running_mean = running_mean;
+    a.running_var = running_var;
+    a.running_mean_dtype = dt(rm_dtype);
+    a.running_var_dtype = dt(rv_dtype);
+    a.N = N;
+    a.C = C;
+    a.momentum = momentum;
+    a.eps = eps;
+    a.unbias = unbias;
+    fusednorm::instance_norm_running(a, stream_of(stream));
   });
 }
 

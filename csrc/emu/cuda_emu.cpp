@@ -87,6 +87,9 @@ std::string g_lint;                  // launches not followed by a launch-error 
 std::string g_unchecked;             // the last launch, until cudaGetLastError/Peek
 std::string g_launch_log;
 std::map<const void*, int> g_func_max_dyn;
+// Registers and static shared memory per kernel name, as ptxas reports them: occupancy queries
+// answer with them instead of assuming 32 registers (fn_emu_set_kernel_resources).
+std::map<std::string, std::pair<int, int>> g_kernel_resources;
 long long g_stats[6];  // launches, blocks, threads, switches, barriers, warp ops
 enum { kStatLaunches, kStatBlocks, kStatThreads, kStatSwitches, kStatBarriers, kStatWarpOps };
 long long g_clock = 0;
@@ -1136,6 +1139,8 @@ void run_grid(const LaunchSpec& spec, Entry entry, void* closure) {
     return;
   }
 
+  if (g_config.dry_run) return;  // the launch is logged and validated, not run (launch plans)
+
   Launch L;
   L.spec = &spec;
   L.entry = entry;
@@ -1255,9 +1260,16 @@ cudaError_t occupancy(int* blocks, const void* func, int block_size, size_t dyn)
   const size_t limit = it == g_func_max_dyn.end() ? size_t(kDefaultSmem) : size_t(it->second);
   if (dyn > limit) { *blocks = 0; return cudaSuccess; }
   const int warps = (block_size + 31) / 32;
+  int regs = 32, static_smem = 0;  // assumed unless fn_emu_set_kernel_resources said otherwise
+  auto res = g_kernel_resources.find(func_name(func));
+  if (res != g_kernel_resources.end()) {
+    regs = res->second.first;
+    static_smem = res->second.second;
+  }
+  const int regs_per_warp = (regs * 32 + 255) / 256 * 256;  // allocated per warp, 256 at a time
   int n = std::min(32, 2048 / (warps * 32));
-  n = std::min(n, 65536 / (warps * 32 * 32));  // assumes 32 registers per thread
-  n = std::min(n, int((228 * 1024) / (dyn + 1024)));
+  n = std::min(n, 65536 / (warps * regs_per_warp));
+  n = std::min(n, int((228 * 1024) / (dyn + size_t(static_smem) + 1024)));
   *blocks = n;
   return cudaSuccess;
 }
@@ -1575,6 +1587,7 @@ int fn_emu_set_config(const char* key, double v) {
   else if (k == "require_launch_check") c.require_launch_check = int(v);
   else if (k == "timeout_s") c.timeout_s = v;
   else if (k == "stack_bytes") c.stack_bytes = size_t(v);
+  else if (k == "dry_run") c.dry_run = int(v);
   else return -1;
   return 0;
 }
@@ -1587,6 +1600,10 @@ long long fn_emu_stat(const char* key) {
 }
 
 void fn_emu_reset() { reset(); }
+// The resources ptxas gave a kernel (its name as the launch log writes it), for occupancy queries.
+void fn_emu_set_kernel_resources(const char* name, int regs, int static_smem) {
+  g_kernel_resources[name] = {regs, static_smem};
+}
 int fn_emu_sticky_error() { return int(g_sticky); }
 const char* fn_emu_error_message() { return g_fault.c_str(); }
 const char* fn_emu_launch_log() { return g_launch_log.c_str(); }

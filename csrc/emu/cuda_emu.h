@@ -66,7 +66,10 @@
 //    host call is reported (STYLE: check every launch).  Faults are sticky until fn_emu_reset.
 //  * Device queries: an H100-like device (132 SMs, 48 KB default / 227 KB opt-in shared memory
 //    per block, 228 KB per SM, 65536 registers, 2048 threads and 32 blocks per SM, cc 9.0).
-//    cudaOccupancyMaxActiveBlocksPerMultiprocessor assumes 32 registers per thread.
+//    cudaOccupancyMaxActiveBlocksPerMultiprocessor assumes 32 registers per thread, or what
+//    fn_emu_set_kernel_resources gave the kernel (ptxas's registers and static shared memory);
+//    with Config::dry_run launches are validated and logged but not run, so a launcher's plan
+//    (kernel, grid, block, shared memory) for any shape can be read without running it.
 //  * Types and math: dim3/uint3, the vector types with CUDA's alignments, __half and
 //    __nv_bfloat16 (own bit-exact round-to-nearest-even conversions, NaN -> 0x7fff as CUDA),
 //    atomics (Add/Sub/Exch/Min/Max/Inc/Dec/CAS/And/Or/Xor), the common intrinsics.  Approximate
@@ -307,6 +310,7 @@ struct Config {
   int require_launch_check = 1;     // a launch must be followed by cudaGetLastError/Peek
   double timeout_s = 120.0;         // watchdog per launch
   size_t stack_bytes = 0;           // per emulated thread; 0: default (256 KB with ASan, else 64 KB)
+  int dry_run = 0;                  // 1: launches are validated and logged, not run (launch plans)
 };
 Config& config();
 

@@ -1,97 +1,63 @@
-// Reductions shared by the kernels: Welford update, Chan merge, fp32 pair sums, and their
-// warp-shuffle + shared-memory block all-reduce.  Everything runs in a fixed order, so results
-// are bit-for-bit reproducible run to run (no atomics anywhere).
+// Sums across threads.  Statistics are sums of fp32 values (two passes over a register-cached
+// row, or sums of x - K with K a shift taken from the data), so every cross-thread step is an
+// addition in a fixed order: results are bit-for-bit reproducible run to run (no atomics).
 #pragma once
 
 #include "common.cuh"
 
 namespace fusednorm {
 
-// Running statistics of a set of values: count, mean and M2 = sum((v - mean)^2).
-// Variance = m2 / n.  Counts are fp32 (exact up to 2^24; beyond that the relative weight error
-// of ~6e-8 is harmless); cancellation-safe unlike E[x^2] - E[x]^2.
-struct Welford {
-  float mean;
-  float m2;
-  float n;
-};
-
-__device__ __forceinline__ Welford welford_init() { return Welford{0.f, 0.f, 0.f}; }
-
-__device__ __forceinline__ void welford_update(Welford& w, float v) {
-  w.n += 1.f;
-  const float d = v - w.mean;
-  w.mean += d / w.n;
-  w.m2 += d * (v - w.mean);
-}
-
-// Chan et al.: merge two disjoint sets.
-__device__ __forceinline__ Welford merge(const Welford& a, const Welford& b) {
-  const float n = a.n + b.n;
-  if (n == 0.f) return a;
-  const float d = b.mean - a.mean;
-  const float fb = b.n / n;
-  return Welford{a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb, n};
-}
-
-__device__ __forceinline__ Welford shfl_xor(const Welford& w, int lane_mask) {
-  return Welford{__shfl_xor_sync(0xffffffffu, w.mean, lane_mask),
-                 __shfl_xor_sync(0xffffffffu, w.m2, lane_mask),
-                 __shfl_xor_sync(0xffffffffu, w.n, lane_mask)};
-}
-
-__device__ __forceinline__ Welford shfl_idx(const Welford& w, int src) {
-  return Welford{__shfl_sync(0xffffffffu, w.mean, src), __shfl_sync(0xffffffffu, w.m2, src),
-                 __shfl_sync(0xffffffffu, w.n, src)};
-}
-
-// Two fp32 sums carried together (backward passes: e.g. sum(dy) and sum(dy * xhat)).
-struct Sum2 {
-  float a;
-  float b;
-};
-
-__device__ __forceinline__ Sum2 sum2_init() { return Sum2{0.f, 0.f}; }
-__device__ __forceinline__ Sum2 merge(const Sum2& x, const Sum2& y) { return Sum2{x.a + y.a, x.b + y.b}; }
-__device__ __forceinline__ Sum2 shfl_xor(const Sum2& s, int lane_mask) {
-  return Sum2{__shfl_xor_sync(0xffffffffu, s.a, lane_mask),
-              __shfl_xor_sync(0xffffffffu, s.b, lane_mask)};
-}
-__device__ __forceinline__ Sum2 shfl_idx(const Sum2& s, int src) {
-  return Sum2{__shfl_sync(0xffffffffu, s.a, src), __shfl_sync(0xffffffffu, s.b, src)};
-}
-
-// Butterfly all-reduce inside a full warp.  The Chan merge is not bitwise commutative, so the
-// lanes may differ in the last bit: lane 0's result is broadcast so every lane uses the same value.
-template <typename Acc>
-__device__ __forceinline__ Acc warp_allreduce(Acc v) {
+// Butterfly all-reduce of K sums inside a full warp.  Every lane ends with bitwise the same
+// values: at each step lanes i and i^m add the same two numbers, and fp addition commutes.
+template <int K>
+__device__ __forceinline__ void warp_sum(float (&v)[K]) {
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v = merge(v, shfl_xor(v, m));
-  return shfl_idx(v, 0);
+  for (int m = 16; m > 0; m >>= 1) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], m);
+  }
 }
 
-// All-reduce over the whole block (blockDim.x a multiple of 32, at most 1024; 1-D blocks).
-// `smem` holds 32 Acc.  Every thread returns the block's merge.  Ends with a barrier so the
-// caller may call it again right away.
-template <typename Acc>
-__device__ __forceinline__ Acc block_allreduce(Acc v, Acc* smem) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int nwarps = blockDim.x >> 5;
-  v = warp_allreduce(v);
-  if (nwarps == 1) return v;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    Acc w = lane < nwarps ? smem[lane] : Acc{};
-    // Lanes past nwarps hold zero-initialised Acc: an identity for both Welford (n = 0) and Sum2.
-    w = warp_allreduce(w);
-    if (lane == 0) smem[0] = w;
+__device__ __forceinline__ int linear_tid() {
+  return int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+}
+
+// All-reduce of K sums over the whole block (its size a multiple of 32).  `smem` holds 32 * K
+// floats.  Each thread adds the warps' sums in warp order.  Ends with a barrier, so it may be
+// called again at once.
+template <int K>
+__device__ __forceinline__ void block_sum(float (&v)[K], float* smem) {
+  const int tid = linear_tid();
+  const int lane = tid & 31, warp = tid >> 5;
+  const int nwarps = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
+  warp_sum(v);
+  if (nwarps == 1) return;
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) smem[warp * K + k] = v[k];
   }
   __syncthreads();
-  const Acc r = smem[0];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float s = 0.f;
+    for (int w = 0; w < nwarps; ++w) s += smem[w * K + k];
+    v[k] = s;
+  }
   __syncthreads();
-  return r;
+}
+
+// Mean and variance of a set from its shifted sums s1 = sum(x - K), s2 = sum((x - K)^2) over
+// n = 1 / inv_n values, K one of the values: the terms stay O(variance) however large the mean
+// (offset data), where E[x^2] - E[x]^2 would cancel.  Rounding can take the variance just
+// below 0: clamped (a NaN stays NaN).
+struct MeanVar {
+  float mean, var;
+};
+__device__ __forceinline__ MeanVar shifted_mean_var(float k, float s1, float s2, float inv_n) {
+  const float d = s1 * inv_n;
+  float var = s2 * inv_n - d * d;
+  var = var < 0.f ? 0.f : var;
+  return MeanVar{k + d, var};
 }
 
 }  // namespace fusednorm

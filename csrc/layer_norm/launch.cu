@@ -1,5 +1,5 @@
-// Host launchers for LayerNorm / RMSNorm: pick the vector width (runtime alignment check),
-// the per-thread item count and block size, launch, check the launch.
+// Host launchers for LayerNorm / RMSNorm: the vector width (runtime alignment check), the row
+// shape for N (row.cuh), the persistent grid, the backward's partial rows and their column sum.
 #include <algorithm>
 #include <string>
 
@@ -8,61 +8,91 @@
 namespace fusednorm {
 namespace {
 
-struct LnConfig {
-  int items;    // VEC chunks per thread held in registers; 0 = looped path (any N)
-  int threads;  // multiple of 32, <= ln::kMaxThreads
-};
-
-// Smallest items in `allowed` that lets one block of <= kMaxThreads cover the row.
-LnConfig ln_config(int64_t N, int vec, int max_items) {
-  const int64_t nvec = ceil_div(N, vec);
-  for (int items = 1; items <= max_items; items *= 2) {
-    const int64_t threads = ceil_div(ceil_div(nvec, items), 32) * 32;
-    if (threads <= ln::kMaxThreads) return {items, int(std::max<int64_t>(threads, 32))};
-  }
-  return {0, ln::kMaxThreads};
+template <typename T, typename W>
+ln::FwdOp<T, W> fwd_op(const LayerNormFwdArgs& a) {
+  ln::FwdOp<T, W> op;
+  op.x = static_cast<const T*>(a.x);
+  op.x_stride = a.x_row_stride;
+  op.res = static_cast<const T*>(a.residual);
+  op.res_stride = a.residual_row_stride;
+  op.w = static_cast<const W*>(a.weight);
+  op.b = static_cast<const W*>(a.bias);
+  op.out = static_cast<T*>(a.out);
+  op.xsum = static_cast<T*>(a.xsum);
+  op.mean_out = a.rms ? nullptr : a.mean;
+  op.rstd_out = a.rstd;
+  op.rows = a.M;
+  op.len = a.N;
+  op.inv_len = float(1.0 / double(a.N));
+  op.eps = a.eps;
+  op.rms = a.rms;
+  return op;
 }
 
-// Number of backward blocks, each owning one fp32 partial row of dweight and of dbias.
-// Enough blocks to fill the GPU; at most 2^24 partial floats per buffer (64 MiB).
-int64_t ln_bwd_grid(int64_t M, int64_t N) {
-  const int64_t per_sm = N <= 1024 ? 16 : 4;
-  const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(N, 1));
-  return std::max<int64_t>(1, std::min({M, int64_t(sm_count()) * per_sm, cap}));
+using row::BwdA;
+using row::BwdB;
+using row::BwdC;
+using row::BwdD;
+using row::BwdLoop;
+
+// Partial rows of dweight/dbias: one per CTA, at most this many CTAs per SM (the bytes of the
+// partials against the rows in flight).
+constexpr int kPartialsPerSm = 4;
+
+int64_t max_partials(int64_t M) {
+  return std::max<int64_t>(1, std::min<int64_t>(M, int64_t(sm_count_cached()) * kPartialsPerSm));
 }
 
-template <typename T, typename W, int VEC>
-void launch_fwd(const LayerNormFwdArgs& a, cudaStream_t stream) {
-  const LnConfig cfg = ln_config(a.N, VEC, 4);
-  const unsigned grid = unsigned(std::min<int64_t>(a.M, kMaxGrid));
-  switch (cfg.items) {
-    case 1: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 1>), grid, cfg.threads, 0, stream, a); break;
-    case 2: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 2>), grid, cfg.threads, 0, stream, a); break;
-    case 4: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 4>), grid, cfg.threads, 0, stream, a); break;
-    default: FN_LAUNCH((ln::layer_norm_fwd_kernel<T, W, VEC, 0>), grid, cfg.threads, 0, stream, a); break;
-  }
-  FN_LAUNCH_CHECK("layer_norm_fwd_kernel");
-}
-
-template <typename T, typename W, int VEC>
-void launch_bwd(const LayerNormBwdArgs& a, float* dw_part, float* db_part, int64_t G,
-                cudaStream_t stream) {
-  const LnConfig cfg = ln_config(a.N, VEC, 4);
-  const unsigned grid = unsigned(G);
-  switch (cfg.items) {
-    case 1: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 1>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
-    case 2: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 2>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
-    case 4: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 4>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
-    default: FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, 0>), grid, cfg.threads, 0, stream, a, dw_part, db_part); break;
-  }
+template <typename T, typename W, int VEC, class S>
+unsigned launch_bwd_shape(const LayerNormBwdArgs& a, float inv_n, float* pw, float* pb, cudaStream_t stream) {
+  const size_t smem = (pw != nullptr || pb != nullptr) ? ln::WgradSmem<S, VEC>::kBytes : 0;
+  constexpr auto kernel = &ln::layer_norm_bwd_kernel<T, W, VEC, S>;
+  const unsigned grid = persistent_grid<kernel>(S::kThreads, smem, ceil_div(a.M, S::WM), kPartialsPerSm);
+  FN_LAUNCH((ln::layer_norm_bwd_kernel<T, W, VEC, S>), grid, S::kThreads, smem, stream, a, inv_n, pw, pb);
   FN_LAUNCH_CHECK("layer_norm_bwd_kernel");
+  return grid;
 }
 
+template <typename T, typename W, int VEC>
+unsigned launch_bwd_looped(const LayerNormBwdArgs& a, float inv_n, float* pw, float* pb, cudaStream_t stream) {
+  using S = BwdLoop;
+  constexpr auto kernel = &ln::layer_norm_bwd_looped_kernel<T, W, VEC, S>;
+  const unsigned grid = persistent_grid<kernel>(S::kThreads, 0, a.M, kPartialsPerSm);
+  FN_LAUNCH((ln::layer_norm_bwd_looped_kernel<T, W, VEC, S>), grid, S::kThreads, 0, stream, a, inv_n, pw, pb);
+  FN_LAUNCH_CHECK("layer_norm_bwd_looped_kernel");
+  return grid;
+}
+
+template <typename T, typename W, int VEC>
+unsigned launch_bwd(const LayerNormBwdArgs& a, float* pw, float* pb, cudaStream_t stream) {
+  const float inv_n = float(1.0 / double(a.N));
+  const int64_t nvec = ceil_div(a.N, VEC);
+  if constexpr (VEC > 1) {
+    if (nvec <= BwdA::kSlots) return launch_bwd_shape<T, W, VEC, BwdA>(a, inv_n, pw, pb, stream);
+    if (nvec <= BwdB::kSlots) return launch_bwd_shape<T, W, VEC, BwdB>(a, inv_n, pw, pb, stream);
+    if (nvec <= BwdC::kSlots) return launch_bwd_shape<T, W, VEC, BwdC>(a, inv_n, pw, pb, stream);
+    if (nvec <= BwdD::kSlots) return launch_bwd_shape<T, W, VEC, BwdD>(a, inv_n, pw, pb, stream);
+  } else {
+    if (nvec <= BwdA::kSlots) return launch_bwd_shape<T, W, VEC, BwdA>(a, inv_n, pw, pb, stream);
+    if (nvec <= BwdD::kSlots) return launch_bwd_shape<T, W, VEC, BwdD>(a, inv_n, pw, pb, stream);
+  }
+  return launch_bwd_looped<T, W, VEC>(a, inv_n, pw, pb, stream);
+}
+
+// One launch for both column sums.  Tiles of 32 columns, narrower (down to 4: 16-byte pieces of
+// partial rows) while that leaves fewer than two blocks per SM.
 template <typename W>
-void launch_colsum(const float* part, int64_t rows, int64_t N, void* out, cudaStream_t stream) {
-  const unsigned grid = unsigned(std::min<int64_t>(ceil_div(N, 32), 65535));
-  FN_LAUNCH((ln::colsum_kernel<W>), grid, dim3(32, ln::kColsumRows), 0, stream, part, rows, N,
-            static_cast<W*>(out));
+void launch_colsum(const float* pw, void* dw, const float* pb, void* db, int64_t P, int64_t N,
+                   cudaStream_t stream) {
+  const float* p0 = pw != nullptr ? pw : pb;
+  W* o0 = static_cast<W*>(pw != nullptr ? dw : db);
+  const float* p1 = pw != nullptr ? pb : nullptr;
+  W* o1 = static_cast<W*>(pw != nullptr ? db : nullptr);
+  const int tensors = p1 != nullptr ? 2 : 1;
+  int tw_log2 = 5;
+  while (tw_log2 > 2 && ceil_div(N, int64_t(1) << tw_log2) * tensors < 2 * int64_t(sm_count_cached())) --tw_log2;
+  const dim3 grid(unsigned(std::min<int64_t>(ceil_div(N, int64_t(1) << tw_log2), kMaxGrid)), unsigned(tensors));
+  FN_LAUNCH((ln::colsum_kernel<W>), grid, ln::kColsumThreads, 0, stream, p0, o0, p1, o1, P, N, tw_log2);
   FN_LAUNCH_CHECK("colsum_kernel (layer_norm dweight/dbias)");
 }
 
@@ -77,34 +107,33 @@ void layer_norm_fwd(const LayerNormFwdArgs& a, cudaStream_t stream) {
                          (a.residual_row_stride % V == 0 && aligned16(a.residual))) &&
                         aligned16(a.weight) && aligned16(a.bias) && aligned16(a.out) &&
                         aligned16(a.xsum);
-    if (vec_ok) launch_fwd<T, W, V>(a, stream);
-    else launch_fwd<T, W, 1>(a, stream);
+    const ln::FwdOp<T, W> op = fwd_op<T, W>(a);
+    if (vec_ok) row::launch_fwd<ln::FwdOp<T, W>, V>(op, row::FwdShapes{}, stream, "layer_norm_fwd (row kernel)");
+    else row::launch_fwd<ln::FwdOp<T, W>, 1>(op, row::FwdShapesScalar{}, stream, "layer_norm_fwd (row kernel)");
   });
 }
 
 size_t layer_norm_bwd_workspace_bytes(int64_t M, int64_t N) {
   if (M == 0 || N == 0) return 0;
-  return 2 * align256(size_t(ln_bwd_grid(M, N)) * size_t(N) * sizeof(float));
+  return 2 * align256(size_t(max_partials(M)) * size_t(N) * sizeof(float));
 }
 
 void layer_norm_bwd(const LayerNormBwdArgs& a, cudaStream_t stream) {
   if (a.M == 0 || a.N == 0) return;  // the caller zero-fills dweight/dbias for M == 0
-  const int64_t G = ln_bwd_grid(a.M, a.N);
-  const size_t part_bytes = align256(size_t(G) * size_t(a.N) * sizeof(float));
-  char* ws = static_cast<char*>(a.workspace);
-  float* dw_part = a.dweight ? reinterpret_cast<float*>(ws) : nullptr;
-  float* db_part = a.dbias ? reinterpret_cast<float*>(ws + part_bytes) : nullptr;
-  if ((dw_part || db_part) && ws == nullptr)
+  const bool wgrad = a.dweight != nullptr || a.dbias != nullptr;
+  if (wgrad && a.workspace == nullptr)
     throw std::invalid_argument("layer_norm_bwd: workspace is null but weight gradients are wanted");
+  const size_t part_bytes = align256(size_t(max_partials(a.M)) * size_t(a.N) * sizeof(float));
+  char* ws = static_cast<char*>(a.workspace);
+  float* pw = a.dweight != nullptr ? reinterpret_cast<float*>(ws) : nullptr;
+  float* pb = a.dbias != nullptr ? reinterpret_cast<float*>(ws + part_bytes) : nullptr;
   FN_DISPATCH_XW(a.x_dtype, a.w_dtype, "layer_norm_bwd", T, W, {
     constexpr int V = kVec16<T>;
     const bool vec_ok = a.N % V == 0 && a.x_row_stride % V == 0 && aligned16(a.x) &&
                         aligned16(a.dy) && aligned16(a.dxsum) && aligned16(a.dx) &&
                         aligned16(a.weight);
-    if (vec_ok) launch_bwd<T, W, V>(a, dw_part, db_part, G, stream);
-    else launch_bwd<T, W, 1>(a, dw_part, db_part, G, stream);
-    if (dw_part) launch_colsum<W>(dw_part, G, a.N, a.dweight, stream);
-    if (db_part) launch_colsum<W>(db_part, G, a.N, a.dbias, stream);
+    const unsigned P = vec_ok ? launch_bwd<T, W, V>(a, pw, pb, stream) : launch_bwd<T, W, 1>(a, pw, pb, stream);
+    if (wgrad) launch_colsum<W>(pw, a.dweight, pb, a.dbias, P, a.N, stream);
   });
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-SUPPORTED = {"layer_norm", "group_norm", "batch_norm"}
+SUPPORTED = {"layer_norm", "group_norm", "batch_norm", "layer_norm_2d"}
 
 _LOCK = threading.Lock()
 _STATE: dict = {"done": False, "reason": None}
@@ -135,6 +135,15 @@ def layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms: bool):
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
+def layer_norm_2d_fwd(x, weight, bias, eps: float):
+    return tuple(_ops().layer_norm_2d_fwd(x, weight, bias, float(eps)))
+
+
+def layer_norm_2d_bwd(dy, x, weight, bias, mean, rstd):
+    dx, dw, db = _ops().layer_norm_2d_bwd(dy, x, weight, bias, mean, rstd)
+    return dx, (dw if weight is not None else None), (db if bias is not None else None)
+
+
 def group_norm_fwd(x, weight, bias, num_groups: int, eps: float, activation: str):
     return tuple(_ops().group_norm_fwd(x, weight, bias, int(num_groups), float(eps), activation))
 
@@ -146,24 +155,18 @@ def group_norm_bwd(dy, x, weight, bias, mean, rstd, num_groups: int, activation:
 
 def batch_norm_fwd(x, weight, bias, running_mean, running_var, training: bool, eps: float,
                    momentum=0.1, num_batches_tracked=None):
-    # TODO(#16): the extension's merge kernel should update the running statistics itself;
-    # until its schema takes them, the update runs here as torch ops on the device.
-    out, mean, rstd, var = _ops().batch_norm_fwd(x, weight, bias, running_mean, running_var,
-                                                 bool(training), float(eps))
-    if not training:
-        return out, mean, rstd, None
-    if running_mean is not None or running_var is not None:
-        from ..reference.batch_norm import update_running
-        count = x.numel() // x.shape[1]
-        update_running(running_mean, running_var, mean, var * (count / (count - 1)), momentum,
-                       num_batches_tracked)
-    return out, mean, rstd, var
+    # Training updates running_mean / running_var and num_batches_tracked in place, inside the
+    # extension's kernels (momentum None: 1 / num_batches_tracked, read on the device).  Eval
+    # computes mean / rstd from the running buffers in the normalizing kernel.
+    out, mean, rstd, var = _ops().batch_norm_fwd(
+        x, weight, bias, running_mean, running_var, bool(training), float(eps),
+        None if momentum is None else float(momentum), num_batches_tracked if training else None)
+    return out, mean, rstd, (var if training else None)
 
 
 def instance_norm_running(mean, rstd, running_mean, running_var, momentum, eps, spatial):
-    # TODO(#16): a kernel of the extension; torch ops on the device until then
-    from ..reference.group_norm import instance_norm_running as update
-    update(mean, rstd, running_mean, running_var, momentum, eps, spatial)
+    _ops().instance_norm_running(mean, rstd, running_mean, running_var, float(momentum), float(eps),
+                                 int(spatial))
 
 
 def batch_norm_bwd(dy, x, weight, mean, rstd, training: bool):
@@ -203,6 +206,19 @@ def _fake_layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms):
     return x.new_empty((M, N)), dw, db
 
 
+def _fake_layer_norm_2d_fwd(x, weight, bias, eps):
+    stats = (x.shape[0],) + tuple(x.shape[2:])
+    return torch.empty_like(x), _f32(x, stats), _f32(x, stats)
+
+
+def _fake_layer_norm_2d_bwd(dy, x, weight, bias, mean, rstd):
+    C = x.shape[1]
+    wdt = _param_dtype(x, weight, bias)
+    dw = x.new_empty((C,), dtype=wdt) if weight is not None else _none(x)
+    db = x.new_empty((C,), dtype=wdt) if bias is not None else _none(x)
+    return torch.empty_like(x), dw, db
+
+
 def _fake_group_norm_fwd(x, weight, bias, num_groups, eps, activation):
     return torch.empty_like(x), _f32(x, (x.shape[0], num_groups)), _f32(x, (x.shape[0], num_groups))
 
@@ -215,9 +231,14 @@ def _fake_group_norm_bwd(dy, x, weight, bias, mean, rstd, num_groups, activation
     return torch.empty_like(x), dw, db
 
 
-def _fake_batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):
+def _fake_batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps, momentum,
+                         num_batches_tracked):
     C = x.shape[1]
-    return torch.empty_like(x), _f32(x, (C,)), _f32(x, (C,)), _f32(x, (C,))
+    return torch.empty_like(x), _f32(x, (C,)), _f32(x, (C,)), _f32(x, (C,) if training else (0,))
+
+
+def _fake_instance_norm_running(mean, rstd, running_mean, running_var, momentum, eps, spatial):
+    return None
 
 
 def _fake_batch_norm_bwd(dy, x, weight, mean, rstd, training):
@@ -230,10 +251,13 @@ def _fake_batch_norm_bwd(dy, x, weight, mean, rstd, training):
 FAKES = {
     "layer_norm_fwd": _fake_layer_norm_fwd,
     "layer_norm_bwd": _fake_layer_norm_bwd,
+    "layer_norm_2d_fwd": _fake_layer_norm_2d_fwd,
+    "layer_norm_2d_bwd": _fake_layer_norm_2d_bwd,
     "group_norm_fwd": _fake_group_norm_fwd,
     "group_norm_bwd": _fake_group_norm_bwd,
     "batch_norm_fwd": _fake_batch_norm_fwd,
     "batch_norm_bwd": _fake_batch_norm_bwd,
+    "instance_norm_running": _fake_instance_norm_running,
 }
 
 
