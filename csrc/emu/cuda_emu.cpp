@@ -214,6 +214,10 @@ void* g_sched_fake = nullptr;
 #endif
 
 // ------------------------------------------------------------------------ fiber stacks
+// A frame larger than the guard can step over it (a function's writes may be more than a
+// page apart: the return-address push at the top of a frame, a local array at its bottom), so
+// the guard is 64 KB of reserved, never-committed address space, not one page.
+constexpr size_t kStackGuard = 16 * kPage;
 struct StackPool {
   std::vector<std::pair<unsigned char*, size_t>> stacks;  // mapping, length (guard page first)
   size_t stack_bytes = 0;
@@ -224,18 +228,18 @@ struct StackPool {
       stack_bytes = bytes;
     }
     while (stacks.size() <= i) {
-      const size_t len = bytes + kPage;
+      const size_t len = bytes + kStackGuard;
       void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (m == MAP_FAILED) throw std::bad_alloc();
-      mprotect(m, kPage, PROT_NONE);  // overflow lands here and is reported
+      mprotect(m, kStackGuard, PROT_NONE);  // overflow lands here and is reported
       stacks.emplace_back(static_cast<unsigned char*>(m), len);
     }
-    return stacks[i].first + kPage;
+    return stacks[i].first + kStackGuard;
   }
   bool in_guard(const void* a, size_t* which) const {
     for (size_t i = 0; i < stacks.size(); ++i) {
       const auto* p = static_cast<const unsigned char*>(a);
-      if (p >= stacks[i].first && p < stacks[i].first + kPage) { *which = i; return true; }
+      if (p >= stacks[i].first && p < stacks[i].first + kStackGuard) { *which = i; return true; }
     }
     return false;
   }
