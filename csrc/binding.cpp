@@ -247,14 +247,50 @@ Geom channel_geom(const char* where, const Tensor& x) {
 }
 
 // The launchers' shared fields of the channel norms.
-template <typename Args>
-void fill_geom(Args& a, const Geom& g, const Tensor& x, at::ScalarType wdt) {
+void fill_geom(ChannelDims& a, const Geom& g, const Tensor& x, at::ScalarType wdt) {
   a.N = g.N;
   a.C = g.C;
   a.S = g.S;
   a.channels_last = g.cl;
   a.x_dtype = to_dtype(x.scalar_type());
   a.w_dtype = to_dtype(wdt);
+}
+
+// The backward of an empty x: dx as it is, the weight gradients sums over nothing (no kernel
+// covers them).
+Tensor3 zero_wgrads(const Tensor& dx, WGrads& w) {
+  w.dw.zero_();
+  w.db.zero_();
+  return {dx, w.dw, w.db};
+}
+
+// The fields every channel norm's forward shares: the geometry, x and its affine parameters, out
+// and the statistics.
+void fill_fwd(ChannelFwdArgs& a, const Geom& g, const Tensor& x, at::ScalarType wdt, const optional<Tensor>& weight,
+              const optional<Tensor>& bias, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
+  fill_geom(a, g, x, wdt);
+  a.x = x.data_ptr();
+  a.weight = ptr_or_null(weight);
+  a.bias = ptr_or_null(bias);
+  a.out = out.data_ptr();
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+}
+
+// ... and its backward's: the geometry, dy, x, the weight, the statistics, dx and the weight
+// gradients wanted.
+void fill_bwd(ChannelBwdArgs& a, const Geom& g, const Tensor& x, at::ScalarType wdt, const Tensor& dy,
+              const optional<Tensor>& weight, const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+              const WGrads& w) {
+  fill_geom(a, g, x, wdt);
+  a.dy = dy.data_ptr();
+  a.x = x.data_ptr();
+  a.weight = ptr_or_null(weight);
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+  a.dx = dx.data_ptr();
+  a.dweight = ptr_or_null<void>(w.dw);
+  a.dbias = ptr_or_null<void>(w.db);
 }
 
 // --------------------------------------------------------------------------- layer_norm_2d
@@ -278,13 +314,7 @@ Tensor3 layer_norm_2d_fwd_cuda(const Tensor& x, const optional<Tensor>& weight, 
   Tensor rstd = empty_float(x, position_shape(x));
   if (x.numel() == 0) return {out, mean, rstd};  // never through the contract
   LayerNorm2dFwdArgs a;
-  fill_geom(a, g, x, wdt);
-  a.x = x.data_ptr();
-  a.weight = ptr_or_null(weight);
-  a.bias = ptr_or_null(bias);
-  a.out = out.data_ptr();
-  a.mean = mean.data_ptr<float>();
-  a.rstd = rstd.data_ptr<float>();
+  fill_fwd(a, g, x, wdt, weight, bias, out, mean, rstd);
   a.eps = float(eps);
   run_launcher(where, [&] { fusednorm::layer_norm_2d_fwd(a, current_stream(x)); });
   return {out, mean, rstd};
@@ -303,23 +333,11 @@ Tensor3 layer_norm_2d_bwd_cuda(const Tensor& dy_in, const Tensor& x, const optio
   c10::cuda::CUDAGuard guard(x.device());
   Tensor dx = at::empty_like(x);
   WGrads w = alloc_wgrads(x, g.C, given(weight), given(bias), wdt);
-  if (x.numel() == 0) {  // sums over nothing (no kernel covers them)
-    w.dw.zero_();
-    w.db.zero_();
-    return {dx, w.dw, w.db};
-  }
+  if (x.numel() == 0) return zero_wgrads(dx, w);
   const bool want_wgrad = given(weight) || given(bias);
   Tensor ws = want_wgrad ? workspace(x, layer_norm_2d_bwd_workspace_bytes(g.N, g.C, g.S, g.cl)) : Tensor();
   LayerNorm2dBwdArgs a;
-  fill_geom(a, g, x, wdt);
-  a.dy = dy.data_ptr();
-  a.x = x.data_ptr();
-  a.weight = ptr_or_null(weight);
-  a.mean = mean.data_ptr<float>();
-  a.rstd = rstd.data_ptr<float>();
-  a.dx = dx.data_ptr();
-  a.dweight = ptr_or_null<void>(w.dw);
-  a.dbias = ptr_or_null<void>(w.db);
+  fill_bwd(a, g, x, wdt, dy, weight, mean, rstd, dx, w);
   a.workspace = want_wgrad ? ws_ptr(ws) : nullptr;
   run_launcher(where, [&] { fusednorm::layer_norm_2d_bwd(a, current_stream(x)); });
   return {dx, w.dw, w.db};
@@ -359,13 +377,7 @@ Tensor3 group_norm_fwd_cuda(const Tensor& x, const optional<Tensor>& weight, con
   }
   Tensor ws = workspace(x, group_norm_fwd_workspace_bytes(g.N, g.C, g.S, g.cl));
   GroupNormFwdArgs a;
-  fill_geom(a, g, x, wdt);
-  a.x = x.data_ptr();
-  a.weight = ptr_or_null(weight);
-  a.bias = ptr_or_null(bias);
-  a.out = out.data_ptr();
-  a.mean = mean.data_ptr<float>();
-  a.rstd = rstd.data_ptr<float>();
+  fill_fwd(a, g, x, wdt, weight, bias, out, mean, rstd);
   a.workspace = ws_ptr(ws);
   a.G = num_groups;
   a.eps = float(eps);
@@ -390,23 +402,11 @@ Tensor3 group_norm_bwd_cuda(const Tensor& dy_in, const Tensor& x, const optional
   c10::cuda::CUDAGuard guard(x.device());
   Tensor dx = at::empty_like(x);
   WGrads w = alloc_wgrads(x, g.C, given(weight), given(bias), wdt);
-  if (x.numel() == 0) {  // sums over nothing (no kernel covers them)
-    w.dw.zero_();
-    w.db.zero_();
-    return {dx, w.dw, w.db};
-  }
+  if (x.numel() == 0) return zero_wgrads(dx, w);
   Tensor ws = workspace(x, group_norm_bwd_workspace_bytes(g.N, g.C, g.S, num_groups, g.cl));
   GroupNormBwdArgs a;
-  fill_geom(a, g, x, wdt);
-  a.dy = dy.data_ptr();
-  a.x = x.data_ptr();
-  a.weight = ptr_or_null(weight);
-  a.bias = ptr_or_null(bias);
-  a.mean = mean.data_ptr<float>();
-  a.rstd = rstd.data_ptr<float>();
-  a.dx = dx.data_ptr();
-  a.dweight = ptr_or_null<void>(w.dw);
-  a.dbias = ptr_or_null<void>(w.db);
+  fill_bwd(a, g, x, wdt, dy, weight, mean, rstd, dx, w);
+  a.bias = ptr_or_null(bias);  // silu's input is recomputed
   a.workspace = ws_ptr(ws);
   a.G = num_groups;
   a.silu = silu;
@@ -482,13 +482,7 @@ Tensor4 batch_norm_fwd_cuda(const Tensor& x, const optional<Tensor>& weight, con
     return {out, mean, rstd, var};
   }
   Tensor ws = training ? workspace(x, batch_norm_fwd_workspace_bytes(g.N, g.C, g.S, g.cl)) : Tensor();
-  fill_geom(a, g, x, wdt);
-  a.x = x.data_ptr();
-  a.weight = ptr_or_null(weight);
-  a.bias = ptr_or_null(bias);
-  a.out = out.data_ptr();
-  a.mean = mean.data_ptr<float>();
-  a.rstd = rstd.data_ptr<float>();
+  fill_fwd(a, g, x, wdt, weight, bias, out, mean, rstd);
   a.var = ptr_or_null<float>(var);
   a.running_mean = ptr_or_null(running_mean);
   a.running_var = ptr_or_null(running_var);
@@ -515,22 +509,11 @@ Tensor3 batch_norm_bwd_cuda(const Tensor& dy_in, const Tensor& x, const optional
   c10::cuda::CUDAGuard guard(x.device());
   Tensor dx = at::empty_like(x);
   WGrads w = alloc_wgrads(x, g.C, given(weight), true, wdt);  // dbias always (the contract)
-  if (x.numel() == 0) {  // sums over nothing (no kernel covers them)
-    w.dw.zero_();
-    w.db.zero_();
-    return {dx, w.dw, w.db};
-  }
+  if (x.numel() == 0) return zero_wgrads(dx, w);
   Tensor ws = workspace(x, batch_norm_bwd_workspace_bytes(g.N, g.C, g.S, g.cl));
   BatchNormBwdArgs a;
-  fill_geom(a, g, x, wdt);
-  a.dy = dy.data_ptr();
-  a.x = x.data_ptr();
-  a.weight = ptr_or_null(weight);
-  a.mean = mean.data_ptr<float>();
-  a.rstd = rstd.data_ptr<float>();
-  a.dx = dx.data_ptr();
-  a.dweight = ptr_or_null<void>(w.dw);
-  a.dbias = w.db.data_ptr();
+  fill_bwd(a, g, x, wdt, dy, weight, mean, rstd, dx, w);
+  a.dbias = w.db.data_ptr();  // always (the contract)
   a.workspace = ws_ptr(ws);
   a.training = training;
   run_launcher(where, [&] { fusednorm::batch_norm_bwd(a, current_stream(x)); });

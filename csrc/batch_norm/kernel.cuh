@@ -41,15 +41,11 @@ __global__ void __launch_bounds__(kMergeThreads)
                        int64_t shift_stride, int64_t C, float inv_count, float bessel, float eps,
                        float* __restrict__ mean, float* __restrict__ var, float* __restrict__ rstd,
                        const Running run) {
-  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = int(threadIdx.x) & 31;
+  const int64_t c = warp_item();
+  const int lane = warp_lane();
   if (c >= C) return;  // whole warps
-  float s[2] = {0.f, 0.f};
-  for (int64_t j = lane; j < splits; j += 32) {
-    s[0] += part[(c * splits + j) * 2];
-    s[1] += part[(c * splits + j) * 2 + 1];
-  }
-  warp_sum(s);
+  float s[2];
+  warp_sum_pairs(part + c * splits * 2, splits, lane, s);
   if (lane != 0) return;
   const MeanVar mv = shifted_mean_var(to_float(x[c * shift_stride]), s[0], s[1], inv_count);
   mean[c] = mv.mean;
@@ -82,9 +78,7 @@ struct ApplyOp {
   float* __restrict__ rstd_out;
 
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x;
-  };
+  using In = chan::InX<T, VEC>;
   template <int VEC>
   struct Ctx {
     float m[VEC], a[VEC], b[VEC];
@@ -123,7 +117,7 @@ struct ApplyOp {
   }
   template <int VEC>
   __device__ __forceinline__ In<VEC> load(int64_t off) const {
-    return In<VEC>{ld_pack<VEC>(x + off)};
+    return chan::load_x<VEC>(x, off);
   }
   template <int VEC>
   __device__ __forceinline__ void store(const Ctx<VEC>& t, int64_t off, const In<VEC>& in) const {
@@ -144,9 +138,7 @@ struct GradSumsOp {
   const T* __restrict__ dy;
   const float* __restrict__ mean;
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x, dy;
-  };
+  using In = chan::InXDy<T, VEC>;
   template <int VEC>
   struct Ctx {
     float m[VEC];
@@ -159,7 +151,7 @@ struct GradSumsOp {
   }
   template <int VEC>
   __device__ __forceinline__ In<VEC> load(int64_t off) const {
-    return In<VEC>{ld_pack<VEC>(x + off), ld_pack<VEC>(dy + off)};
+    return chan::load_x_dy<VEC>(x, dy, off);
   }
   template <int VEC>
   __device__ __forceinline__ void accumulate(float (&acc)[VEC][K], const Ctx<VEC>& t, const In<VEC>& in) const {
@@ -182,15 +174,11 @@ __global__ void __launch_bounds__(kMergeThreads)
     grad_merge_kernel(const float* __restrict__ part, int64_t splits, int64_t C, float inv_count,
                       const float* __restrict__ rstd, W* __restrict__ dweight, W* __restrict__ dbias,
                       float* __restrict__ coef) {
-  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = int(threadIdx.x) & 31;
+  const int64_t c = warp_item();
+  const int lane = warp_lane();
   if (c >= C) return;
-  float s[2] = {0.f, 0.f};
-  for (int64_t j = lane; j < splits; j += 32) {
-    s[0] += part[(c * splits + j) * 2];
-    s[1] += part[(c * splits + j) * 2 + 1];
-  }
-  warp_sum(s);
+  float s[2];
+  warp_sum_pairs(part + c * splits * 2, splits, lane, s);
   if (lane != 0) return;
   const float r = rstd[c];
   if (dbias != nullptr) dbias[c] = from_float<W>(s[0]);
@@ -211,9 +199,7 @@ struct DxOp {
   const float* __restrict__ rstd;
   const float* __restrict__ coef;  // (C, 2); nullptr in eval: dx = rstd * w * dy
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x, dy;
-  };
+  using In = chan::InXDy<T, VEC>;
   template <int VEC>
   struct Ctx {
     float m[VEC], a[VEC], k1[VEC], k2[VEC];

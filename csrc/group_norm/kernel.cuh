@@ -137,6 +137,68 @@ __device__ __forceinline__ void channel_sums(const row::Lane<S>& l, const float 
   }
 }
 
+// Weight and bias of channel c (1 and 0 when absent).
+template <typename T, typename W>
+__device__ __forceinline__ void channel_affine(const RowsBwdArgs<T, W>& a, int64_t c, float& wc, float& bc) {
+  wc = value_or(a.w, c, 1.f);
+  bc = value_or(a.b, c, 0.f);
+}
+
+// Pass A of one vector at column col of a row whose first channel is c0 (a vector lies in one
+// channel): s[0], s[1] += its sums of h * xhat and h; p[0], p[1] += its sums of g and g * xhat.
+// (The per-slot stores are add_slot_sums, called after it: inside this function, under its `if`
+// in the callers, the compiler no longer splits the loop on seg_sums and the kernels take more
+// registers.)
+template <typename T, typename W, int VEC>
+__device__ __forceinline__ void pass_a_vec(const RowsBwdArgs<T, W>& a, int64_t c0, int64_t col,
+                                           const Pack<T, VEC>& xp, const Pack<T, VEC>& gp, float mean, float rstd,
+                                           float (&s)[4], float (&p)[2]) {
+  float wc, bc;
+  channel_affine(a, c0 + a.sdiv.div(uint32_t(col)), wc, bc);
+  float xv[VEC], gv[VEC];
+  unpack(xp, xv);
+  unpack(gp, gv);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    const float xhat = (xv[i] - mean) * rstd;
+    const float g = act_grad(gv[i], xhat, wc, bc, a.silu);
+    const float h = g * wc;
+    s[0] += h * xhat;
+    s[1] += h;
+    p[0] += g;
+    p[1] += g * xhat;
+  }
+}
+
+// Pass B of one vector: dx = rstd * (h - xhat * mean(h * xhat) - mean(h)).
+template <typename T, typename W, int VEC>
+__device__ __forceinline__ void pass_b_vec(const RowsBwdArgs<T, W>& a, int64_t c0, int64_t row, int64_t col,
+                                           const Pack<T, VEC>& xp, const Pack<T, VEC>& gp, float mean, float rstd,
+                                           float c_hx, float c_h) {
+  float wc, bc;
+  channel_affine(a, c0 + a.sdiv.div(uint32_t(col)), wc, bc);
+  float xv[VEC], gv[VEC];
+  unpack(xp, xv);
+  unpack(gp, gv);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    const float xhat = (xv[i] - mean) * rstd;
+    const float h = act_grad(gv[i], xhat, wc, bc, a.silu) * wc;
+    xv[i] = rstd * (h - xhat * c_hx - c_h);
+  }
+  st_pack<VEC>(a.dx + row * a.len + col, pack<T, VEC>(xv));
+}
+
+// A vector's sums of g and g * xhat into the row's (s[2], s[3]) and, with seg_sums, its slot.
+__device__ __forceinline__ void add_slot_sums(float (&s)[4], const float (&p)[2], bool seg_sums, float (&slot)[2]) {
+  s[2] += p[0];
+  s[3] += p[1];
+  if (seg_sums) {
+    slot[0] = p[0];
+    slot[1] = p[1];
+  }
+}
+
 template <typename T, int VEC, class S>
 struct RowsBwdRow {
   Pack<T, VEC> x[S::LDGS], dy[S::LDGS];
@@ -187,30 +249,8 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) rows_bwd_kernel(co
     for (int it = 0; it < S::LDGS; ++it) {
       const int64_t col = l.template col<VEC>(it);
       float p[2] = {0.f, 0.f};
-      if (live && col < a.len) {
-        const int64_t c = c0 + a.sdiv.div(uint32_t(col));
-        const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
-        const float bc = a.b != nullptr ? to_float(a.b[c]) : 0.f;
-        float xv[VEC], gv[VEC];
-        unpack(cur.x[it], xv);
-        unpack(cur.dy[it], gv);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          const float xhat = (xv[i] - cur.mean) * cur.rstd;
-          const float g = act_grad(gv[i], xhat, wc, bc, a.silu);
-          const float h = g * wc;
-          s[0] += h * xhat;
-          s[1] += h;
-          p[0] += g;
-          p[1] += g * xhat;
-        }
-      }
-      s[2] += p[0];
-      s[3] += p[1];
-      if (seg_sums) {
-        slot[l.g][it * S::kRowThreads + l.r][0] = p[0];
-        slot[l.g][it * S::kRowThreads + l.r][1] = p[1];
-      }
+      if (live && col < a.len) pass_a_vec(a, c0, col, cur.x[it], cur.dy[it], cur.mean, cur.rstd, s, p);
+      add_slot_sums(s, p, seg_sums, slot[l.g][it * S::kRowThreads + l.r]);
     }
     if (a.Cg == 1) {  // InstanceNorm: the row is one channel; its sums come with the row's
       reduce(l, s);
@@ -236,19 +276,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) rows_bwd_kernel(co
     for (int it = 0; it < S::LDGS; ++it) {
       const int64_t col = l.template col<VEC>(it);
       if (!live || col >= a.len) continue;
-      const int64_t c = c0 + a.sdiv.div(uint32_t(col));
-      const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
-      const float bc = a.b != nullptr ? to_float(a.b[c]) : 0.f;
-      float xv[VEC], gv[VEC];
-      unpack(cur.x[it], xv);
-      unpack(cur.dy[it], gv);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const float xhat = (xv[i] - cur.mean) * cur.rstd;
-        const float h = act_grad(gv[i], xhat, wc, bc, a.silu) * wc;
-        xv[i] = cur.rstd * (h - xhat * c_hx - c_h);
-      }
-      st_pack<VEC>(a.dx + row * a.len + col, pack<T, VEC>(xv));
+      pass_b_vec(a, c0, row, col, cur.x[it], cur.dy[it], cur.mean, cur.rstd, c_hx, c_h);
     }
   }
 }
@@ -283,32 +311,10 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) rows_bwd_looped_ke
       if (seg_sums) __syncthreads();  // the previous chunk's channel sums have read the slots
 #pragma unroll
       for (int it = 0; it < S::LDGS; ++it) {
-        float p[2] = {0.f, 0.f};
         const int64_t col = base + l.template col<VEC>(it);
-        if (col < a.len) {
-          const int64_t c = c0 + a.sdiv.div(uint32_t(col));
-          const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
-          const float bc = a.b != nullptr ? to_float(a.b[c]) : 0.f;
-          float xv[VEC], gv[VEC];
-          unpack(xp[it], xv);
-          unpack(gp[it], gv);
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) {
-            const float xhat = (xv[i] - mean) * rstd;
-            const float g = act_grad(gv[i], xhat, wc, bc, a.silu);
-            const float h = g * wc;
-            s[0] += h * xhat;
-            s[1] += h;
-            p[0] += g;
-            p[1] += g * xhat;
-          }
-        }
-        s[2] += p[0];
-        s[3] += p[1];
-        if (seg_sums) {
-          slot[it * S::kRowThreads + l.r][0] = p[0];
-          slot[it * S::kRowThreads + l.r][1] = p[1];
-        }
+        float p[2] = {0.f, 0.f};
+        if (col < a.len) pass_a_vec(a, c0, col, xp[it], gp[it], mean, rstd, s, p);
+        add_slot_sums(s, p, seg_sums, slot[it * S::kRowThreads + l.r]);
       }
       if (seg_sums) {
         __syncthreads();
@@ -336,19 +342,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) rows_bwd_looped_ke
       for (int it = 0; it < S::LDGS; ++it) {
         const int64_t col = base + l.template col<VEC>(it);
         if (col >= a.len) continue;
-        const int64_t c = c0 + a.sdiv.div(uint32_t(col));
-        const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
-        const float bc = a.b != nullptr ? to_float(a.b[c]) : 0.f;
-        float xv[VEC], gv[VEC];
-        unpack(xp[it], xv);
-        unpack(gp[it], gv);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          const float xhat = (xv[i] - mean) * rstd;
-          const float h = act_grad(gv[i], xhat, wc, bc, a.silu) * wc;
-          xv[i] = rstd * (h - xhat * c_hx - c_h);
-        }
-        st_pack<VEC>(a.dx + row * a.len + col, pack<T, VEC>(xv));
+        pass_b_vec(a, c0, row, col, xp[it], gp[it], mean, rstd, c_hx, c_h);
       }
     }
   }
@@ -364,17 +358,12 @@ __global__ void __launch_bounds__(kMergeThreads)
     stats_merge_kernel(const float* __restrict__ part, int64_t splits, const T* __restrict__ x, int64_t N,
                        int64_t C, int64_t S, int64_t G, float inv_len, float eps, float* __restrict__ mean,
                        float* __restrict__ rstd) {
-  const int64_t ng = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = int(threadIdx.x) & 31;
+  const int64_t ng = warp_item();
+  const int lane = warp_lane();
   if (ng >= N * G) return;
   const int64_t n = ng / G, g = ng % G, Cg = C / G;
-  const float* p = part + (n * C + g * Cg) * splits * 2;
-  float s[2] = {0.f, 0.f};
-  for (int64_t j = lane; j < Cg * splits; j += 32) {
-    s[0] += p[2 * j];
-    s[1] += p[2 * j + 1];
-  }
-  warp_sum(s);
+  float s[2];
+  warp_sum_pairs(part + (n * C + g * Cg) * splits * 2, Cg * splits, lane, s);
   if (lane != 0) return;
   const MeanVar mv = shifted_mean_var(to_float(x[n * S * C + g * Cg]), s[0], s[1], inv_len);
   mean[ng] = mv.mean;
@@ -390,8 +379,8 @@ __global__ void __launch_bounds__(kMergeThreads)
     grad_merge_kernel(const float* __restrict__ part, int64_t splits, int64_t N, int64_t C, int64_t G,
                       const W* __restrict__ w, float inv_len, float* __restrict__ coef, W* __restrict__ dweight,
                       W* __restrict__ dbias) {
-  const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = int(threadIdx.x) & 31;
+  const int64_t item = warp_item();
+  const int lane = warp_lane();
   const int64_t ncoef = coef != nullptr ? N * G : 0;
   const int64_t Cg = C / G;
   float s[2] = {0.f, 0.f};
@@ -455,9 +444,7 @@ struct ClApplyOp {
   int64_t G, Cg;
   bool silu;
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x;
-  };
+  using In = chan::InX<T, VEC>;
   template <int VEC>
   struct Ctx {
     float m[VEC], a[VEC], b[VEC];
@@ -477,7 +464,7 @@ struct ClApplyOp {
   }
   template <int VEC>
   __device__ __forceinline__ In<VEC> load(int64_t off) const {
-    return In<VEC>{ld_pack<VEC>(x + off)};
+    return chan::load_x<VEC>(x, off);
   }
   template <int VEC>
   __device__ __forceinline__ void store(const Ctx<VEC>& t, int64_t off, const In<VEC>& in) const {
@@ -506,9 +493,7 @@ struct ClGradSumsOp {
   int64_t G, Cg;
   bool silu;
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x, dy;
-  };
+  using In = chan::InXDy<T, VEC>;
   template <int VEC>
   using Ctx = ClChannels<W, VEC>;
   template <int VEC, bool kCl>
@@ -518,7 +503,7 @@ struct ClGradSumsOp {
   }
   template <int VEC>
   __device__ __forceinline__ In<VEC> load(int64_t off) const {
-    return In<VEC>{ld_pack<VEC>(x + off), ld_pack<VEC>(dy + off)};
+    return chan::load_x_dy<VEC>(x, dy, off);
   }
   template <int VEC>
   __device__ __forceinline__ void accumulate(float (&acc)[VEC][K], const Ctx<VEC>& t, const In<VEC>& in) const {
@@ -551,9 +536,7 @@ struct ClDxOp {
   int64_t G, Cg;
   bool silu;
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x, dy;
-  };
+  using In = chan::InXDy<T, VEC>;
   template <int VEC>
   struct Ctx {
     ClChannels<W, VEC> ch;
@@ -573,7 +556,7 @@ struct ClDxOp {
   }
   template <int VEC>
   __device__ __forceinline__ In<VEC> load(int64_t off) const {
-    return In<VEC>{ld_pack<VEC>(x + off), ld_pack<VEC>(dy + off)};
+    return chan::load_x_dy<VEC>(x, dy, off);
   }
   template <int VEC>
   __device__ __forceinline__ void store(const Ctx<VEC>& t, int64_t off, const In<VEC>& in) const {
@@ -594,8 +577,8 @@ struct ClDxOp {
 // A warp per channel: the batch averages of the instance means and unbiased variances.
 __global__ void __launch_bounds__(kMergeThreads)
     instance_running_kernel(const InstanceNormRunningArgs a, float inv_n) {
-  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = int(threadIdx.x) & 31;
+  const int64_t c = warp_item();
+  const int lane = warp_lane();
   if (c >= a.C) return;
   float s[2] = {0.f, 0.f};
   for (int64_t n = lane; n < a.N; n += 32) {

@@ -94,6 +94,34 @@ __device__ __forceinline__ ClTask cl_task(const ClGrid& g, int64_t task, int vec
   return t;
 }
 
+// One step's loads of task t: rows r, r + tr, ... (Op::kLoads of them, those below r1), at this
+// thread's channels.
+template <class Op, int VEC>
+__device__ __forceinline__ void load_cl_rows(const Op& op, const ClGrid& g, const ClTask& t, int64_t r, int64_t r1,
+                                             typename Op::template In<VEC> (&in)[Op::kLoads]) {
+#pragma unroll
+  for (int k = 0; k < Op::kLoads; ++k)
+    if (r + k * g.tr < r1) in[k] = op.template load<VEC>((t.seg * g.rows + r + k * g.tr) * g.C + t.c0);
+}
+
+// What an Op loads per vector: x, or x and dy (In<VEC> of the Ops below).
+template <typename T, int VEC>
+struct InX {
+  Pack<T, VEC> x;
+};
+template <typename T, int VEC>
+struct InXDy {
+  Pack<T, VEC> x, dy;
+};
+template <int VEC, typename T>
+__device__ __forceinline__ InX<T, VEC> load_x(const T* x, int64_t off) {
+  return InX<T, VEC>{ld_pack<VEC>(x + off)};
+}
+template <int VEC, typename T>
+__device__ __forceinline__ InXDy<T, VEC> load_x_dy(const T* x, const T* dy, int64_t off) {
+  return InXDy<T, VEC>{ld_pack<VEC>(x + off), ld_pack<VEC>(dy + off)};
+}
+
 // Every Op sets kPlanes (it also runs on NCHW planes), kLoads (the independent vector loads a
 // thread issues per step) and kMinBlocks (the resident blocks per SM its registers must allow,
 // __launch_bounds__): a reduction of one tensor 8 loads x 2 blocks (2 x 256 threads x 128 B = 64
@@ -116,9 +144,7 @@ __global__ void __launch_bounds__(kThreads, Op::kMinBlocks)
       const int64_t r1 = min64(g.rows, (t.split + 1) * g.rps);
       for (int64_t r = t.split * g.rps + t.ty; r < r1; r += int64_t(g.tr) * Op::kLoads) {
         typename Op::template In<VEC> in[Op::kLoads];
-#pragma unroll
-        for (int k = 0; k < Op::kLoads; ++k)
-          if (r + k * g.tr < r1) in[k] = op.template load<VEC>((t.seg * g.rows + r + k * g.tr) * g.C + t.c0);
+        load_cl_rows<Op, VEC>(op, g, t, r, r1, in);
 #pragma unroll
         for (int k = 0; k < Op::kLoads; ++k)
           if (r + k * g.tr < r1) op.accumulate(acc, ctx, in[k]);
@@ -155,9 +181,7 @@ __global__ void __launch_bounds__(kThreads, Op::kMinBlocks) map_cl_kernel(const 
     const int64_t r1 = min64(g.rows, (t.split + 1) * g.rps);
     for (int64_t r = t.split * g.rps + t.ty; r < r1; r += int64_t(g.tr) * Op::kLoads) {
       typename Op::template In<VEC> in[Op::kLoads];
-#pragma unroll
-      for (int k = 0; k < Op::kLoads; ++k)
-        if (r + k * g.tr < r1) in[k] = op.template load<VEC>((t.seg * g.rows + r + k * g.tr) * g.C + t.c0);
+      load_cl_rows<Op, VEC>(op, g, t, r, r1, in);
 #pragma unroll
       for (int k = 0; k < Op::kLoads; ++k)
         if (r + k * g.tr < r1) op.store(ctx, (t.seg * g.rows + r + k * g.tr) * g.C + t.c0, in[k]);
@@ -193,6 +217,16 @@ inline PlaneGrid plan_planes(int64_t N, int64_t C, int64_t S, int vec, int loads
 
 inline int64_t max_plane_splits(int64_t C) { return std::max<int64_t>(1, ceil_div(target_blocks(), C)); }
 
+// One item's loads: the vectors v0, v0 + lp, ... (Op::kLoads of them, those within the plane) of
+// the plane at `base`.
+template <class Op, int VEC>
+__device__ __forceinline__ void load_plane_chunk(const Op& op, const PlaneGrid& g, int64_t base, int64_t v0,
+                                                 typename Op::template In<VEC> (&in)[Op::kLoads]) {
+#pragma unroll
+  for (int k = 0; k < Op::kLoads; ++k)
+    if ((v0 + k * g.lp) * VEC < g.S) in[k] = op.template load<VEC>(base + (v0 + k * g.lp) * VEC);
+}
+
 // Reduction over the planes of one channel per task (task = (channel, split)).
 template <class Op, int VEC>
 __global__ void __launch_bounds__(kThreads, Op::kMinBlocks)
@@ -211,9 +245,7 @@ __global__ void __launch_bounds__(kThreads, Op::kMinBlocks)
       const int64_t n = i / g.ipp, v0 = (i % g.ipp) * g.lp * Op::kLoads + li;
       const int64_t base = (n * g.C + c) * g.S;
       typename Op::template In<VEC> in[Op::kLoads];
-#pragma unroll
-      for (int k = 0; k < Op::kLoads; ++k)
-        if ((v0 + k * g.lp) * VEC < g.S) in[k] = op.template load<VEC>(base + (v0 + k * g.lp) * VEC);
+      load_plane_chunk<Op, VEC>(op, g, base, v0, in);
 #pragma unroll
       for (int k = 0; k < Op::kLoads; ++k)
         if ((v0 + k * g.lp) * VEC < g.S) op.accumulate(acc, ctx, in[k]);
@@ -245,9 +277,7 @@ __global__ void __launch_bounds__(kThreads, Op::kMinBlocks) map_nchw_kernel(cons
     const int64_t v0 = chunk * g.lp * Op::kLoads + li;
     const int64_t base = p * g.S;
     typename Op::template In<VEC> in[Op::kLoads];
-#pragma unroll
-    for (int k = 0; k < Op::kLoads; ++k)
-      if ((v0 + k * g.lp) * VEC < g.S) in[k] = op.template load<VEC>(base + (v0 + k * g.lp) * VEC);
+    load_plane_chunk<Op, VEC>(op, g, base, v0, in);
 #pragma unroll
     for (int k = 0; k < Op::kLoads; ++k)
       if ((v0 + k * g.lp) * VEC < g.S) op.store(ctx, base + (v0 + k * g.lp) * VEC, in[k]);
@@ -339,9 +369,7 @@ struct ShiftedSumsOp {
   int64_t seg_stride, c_stride, cg;
   int64_t* nbt;  // BatchNorm's num_batches_tracked, += 1 once (nullptr: none)
   template <int VEC>
-  struct In {
-    Pack<T, VEC> x;
-  };
+  using In = InX<T, VEC>;
   template <int VEC>
   struct Ctx {
     float k[VEC];
@@ -358,7 +386,7 @@ struct ShiftedSumsOp {
   }
   template <int VEC>
   __device__ __forceinline__ In<VEC> load(int64_t off) const {
-    return In<VEC>{ld_pack<VEC>(x + off)};
+    return load_x<VEC>(x, off);
   }
   template <int VEC>
   __device__ __forceinline__ void accumulate(float (&acc)[VEC][K], const Ctx<VEC>& t, const In<VEC>& in) const {

@@ -190,6 +190,12 @@ __device__ __forceinline__ void load_f32_or(const T* __restrict__ base, int64_t 
   }
 }
 
+// Optional per-channel scalar (weight/bias of one channel): p[i], or `fill` when absent.
+template <typename P>
+__device__ __forceinline__ float value_or(const P* p, int64_t i, float fill) {
+  return p != nullptr ? to_float(p[i]) : fill;
+}
+
 // Host side: a pointer may take VEC-wide loads when it is 16-byte aligned (nullptr: absent,
 // so no constraint).
 inline bool aligned16(const void* p) {

@@ -37,6 +37,29 @@ struct ChannelDims : Dtypes {
   bool channels_last = false;
 };
 
+// The tensors every channel norm (LayerNorm2d, GroupNorm, BatchNorm) reads and writes, in the
+// layout of ChannelDims; mean and rstd hold one value per set normalized together (LayerNorm2d:
+// (N, S), GroupNorm: (N, G), BatchNorm: (C,)).
+struct ChannelFwdArgs : ChannelDims {
+  const void* x = nullptr;
+  const void* weight = nullptr;    // (C,) or nullptr
+  const void* bias = nullptr;      // (C,) or nullptr
+  void* out = nullptr;             // layout of x
+  float* mean = nullptr;
+  float* rstd = nullptr;
+};
+struct ChannelBwdArgs : ChannelDims {
+  const void* dy = nullptr;        // layout of x
+  const void* x = nullptr;
+  const void* weight = nullptr;    // (C,) or nullptr
+  const float* mean = nullptr;     // the forward's statistics
+  const float* rstd = nullptr;
+  void* dx = nullptr;              // layout of x
+  void* dweight = nullptr;         // (C,) or nullptr (not wanted)
+  void* dbias = nullptr;           // (C,) or nullptr (not wanted)
+  void* workspace = nullptr;       // the norm's *_bwd_workspace_bytes(...)
+};
+
 // ---------------------------------------------------------------- layer_norm (LN and RMS)
 struct LayerNormFwdArgs : Dtypes {
   const void* x = nullptr;         // (M, N), unit column stride
@@ -75,39 +98,17 @@ void layer_norm_bwd(const LayerNormBwdArgs& a, cudaStream_t stream);
 
 // ---------------------------------------------------------------- layer_norm_2d
 // LayerNorm over the C channels of (N, C, S) at each (n, s), either layout (ChannelDims).
-struct LayerNorm2dFwdArgs : ChannelDims {
-  const void* x = nullptr;
-  const void* weight = nullptr;    // (C,) or nullptr
-  const void* bias = nullptr;      // (C,) or nullptr
-  void* out = nullptr;             // layout of x
-  float* mean = nullptr;           // (N, S)
-  float* rstd = nullptr;           // (N, S)
+struct LayerNorm2dFwdArgs : ChannelFwdArgs {  // mean, rstd: (N, S)
   float eps = 1e-6f;
 };
 void layer_norm_2d_fwd(const LayerNorm2dFwdArgs& a, cudaStream_t stream);
 
-struct LayerNorm2dBwdArgs : ChannelDims {
-  const void* dy = nullptr;        // layout of x
-  const void* x = nullptr;
-  const void* weight = nullptr;    // (C,) or nullptr
-  const float* mean = nullptr;     // (N, S)
-  const float* rstd = nullptr;
-  void* dx = nullptr;              // layout of x
-  void* dweight = nullptr;         // (C,) or nullptr
-  void* dbias = nullptr;           // (C,) or nullptr
-  void* workspace = nullptr;       // layer_norm_2d_bwd_workspace_bytes(...) when dweight/dbias
-};
+struct LayerNorm2dBwdArgs : ChannelBwdArgs {};  // workspace: only when dweight/dbias are wanted
 size_t layer_norm_2d_bwd_workspace_bytes(int64_t N, int64_t C, int64_t S, bool channels_last);
 void layer_norm_2d_bwd(const LayerNorm2dBwdArgs& a, cudaStream_t stream);
 
 // ---------------------------------------------------------------- group_norm
-struct GroupNormFwdArgs : ChannelDims {
-  const void* x = nullptr;
-  const void* weight = nullptr;    // (C,) or nullptr
-  const void* bias = nullptr;      // (C,) or nullptr
-  void* out = nullptr;             // layout of x
-  float* mean = nullptr;           // (N, G)
-  float* rstd = nullptr;           // (N, G)
+struct GroupNormFwdArgs : ChannelFwdArgs {  // mean, rstd: (N, G)
   void* workspace = nullptr;       // group_norm_fwd_workspace_bytes(...)
   int64_t G = 1;
   float eps = 1e-5f;
@@ -116,17 +117,8 @@ struct GroupNormFwdArgs : ChannelDims {
 size_t group_norm_fwd_workspace_bytes(int64_t N, int64_t C, int64_t S, bool channels_last);
 void group_norm_fwd(const GroupNormFwdArgs& a, cudaStream_t stream);
 
-struct GroupNormBwdArgs : ChannelDims {
-  const void* dy = nullptr;        // layout of x
-  const void* x = nullptr;
-  const void* weight = nullptr;    // (C,) or nullptr
+struct GroupNormBwdArgs : ChannelBwdArgs {
   const void* bias = nullptr;      // (C,) or nullptr (only read to recompute silu's input)
-  const float* mean = nullptr;     // (N, G)
-  const float* rstd = nullptr;     // (N, G)
-  void* dx = nullptr;              // layout of x
-  void* dweight = nullptr;         // (C,) or nullptr
-  void* dbias = nullptr;           // (C,) or nullptr
-  void* workspace = nullptr;       // group_norm_bwd_workspace_bytes(...)
   int64_t G = 1;
   bool silu = false;
 };
@@ -134,13 +126,9 @@ size_t group_norm_bwd_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G
 void group_norm_bwd(const GroupNormBwdArgs& a, cudaStream_t stream);
 
 // ---------------------------------------------------------------- batch_norm
-struct BatchNormFwdArgs : ChannelDims {
-  const void* x = nullptr;
-  const void* weight = nullptr;    // (C,) or nullptr
-  const void* bias = nullptr;      // (C,) or nullptr
-  void* out = nullptr;
-  float* mean = nullptr;           // (C,) written: the batch mean (training), running_mean as fp32 (eval)
-  float* rstd = nullptr;           // (C,) written: 1 / sqrt(var + eps) of the batch / running variance
+// mean (C,) written: the batch mean (training), running_mean as fp32 (eval); rstd (C,) written:
+// 1 / sqrt(var + eps) of the batch / running variance.
+struct BatchNormFwdArgs : ChannelFwdArgs {
   float* var = nullptr;            // (C,) written in training: the biased batch variance
   // Running statistics, (C,) dense, any float dtype of their own: training updates them in place
   // (each may be nullptr), eval reads them (both required).
@@ -157,16 +145,7 @@ struct BatchNormFwdArgs : ChannelDims {
 size_t batch_norm_fwd_workspace_bytes(int64_t N, int64_t C, int64_t S, bool channels_last);
 void batch_norm_fwd(const BatchNormFwdArgs& a, cudaStream_t stream);
 
-struct BatchNormBwdArgs : ChannelDims {
-  const void* dy = nullptr;
-  const void* x = nullptr;
-  const void* weight = nullptr;    // (C,) or nullptr
-  const float* mean = nullptr;     // (C,)
-  const float* rstd = nullptr;     // (C,)
-  void* dx = nullptr;
-  void* dweight = nullptr;         // (C,) or nullptr
-  void* dbias = nullptr;           // (C,) or nullptr
-  void* workspace = nullptr;       // batch_norm_bwd_workspace_bytes(...)
+struct BatchNormBwdArgs : ChannelBwdArgs {
   bool training = true;
 };
 size_t batch_norm_bwd_workspace_bytes(int64_t N, int64_t C, int64_t S, bool channels_last);

@@ -46,6 +46,23 @@ __device__ __forceinline__ void block_sum(float (&v)[K], float* smem) {
   __syncthreads();
 }
 
+// Warp-per-item kernels (a warp per channel or group, items in thread order): this thread's item
+// and its lane in the warp.
+__device__ __forceinline__ int64_t warp_item() { return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; }
+__device__ __forceinline__ int warp_lane() { return int(threadIdx.x) & 31; }
+
+// Sums of the n pairs (p[2j], p[2j+1]) (partials of one item): lane-strided, then across the
+// warp; every lane ends with the totals.
+__device__ __forceinline__ void warp_sum_pairs(const float* __restrict__ p, int64_t n, int lane, float (&s)[2]) {
+  s[0] = 0.f;
+  s[1] = 0.f;
+  for (int64_t j = lane; j < n; j += 32) {
+    s[0] += p[2 * j];
+    s[1] += p[2 * j + 1];
+  }
+  warp_sum(s);
+}
+
 // Mean and variance of a set from its shifted sums s1 = sum(x - K), s2 = sum((x - K)^2) over
 // n = 1 / inv_n values, K one of the values: the terms stay O(variance) however large the mean
 // (offset data), where E[x^2] - E[x]^2 would cancel.  Rounding can take the variance just

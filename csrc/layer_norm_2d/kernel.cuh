@@ -83,6 +83,28 @@ __device__ __forceinline__ void sum_over_channel_lanes(float (&v)[VEC][K], float
   __syncthreads();
 }
 
+// The U channel vectors c0, c0 + ty_count, ... (those below C) at this thread's positions, of x
+// (and of dy: the backward).
+template <int U, typename T, int VEC>
+__device__ __forceinline__ void load_channels(const Tiling& t, const Tile& p, int64_t c0, const T* x,
+                                              Pack<T, VEC> (&xin)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (p.live && c0 + u * t.ty < t.C) xin[u] = ld_pack<VEC>(x + p.base + (c0 + u * t.ty) * t.S);
+}
+template <int U, typename T, int VEC>
+__device__ __forceinline__ void load_channels(const Tiling& t, const Tile& p, int64_t c0, const T* x, const T* dy,
+                                              Pack<T, VEC> (&xin)[U], Pack<T, VEC> (&gin)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c0 + u * t.ty;
+    if (p.live && c < t.C) {
+      xin[u] = ld_pack<VEC>(x + p.base + c * t.S);
+      gin[u] = ld_pack<VEC>(dy + p.base + c * t.S);
+    }
+  }
+}
+
 template <typename T, typename W, int VEC>
 __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const Args<T, W> a, const Tiling t) {
   __shared__ float sm[kThreads * VEC * 2];
@@ -94,9 +116,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const Args<T, W> a, co
     if (p.live) unpack(ld_pack<VEC>(a.x + p.base), k);  // channel 0: the shift
     for (int64_t c0 = ty; c0 < t.C; c0 += cstep) {
       Pack<T, VEC> in[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (p.live && c0 + u * t.ty < t.C) in[u] = ld_pack<VEC>(a.x + p.base + (c0 + u * t.ty) * t.S);
+      load_channels(t, p, c0, a.x, in);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         if (!p.live || c0 + u * t.ty >= t.C) continue;
@@ -127,15 +147,13 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const Args<T, W> a, co
     }
     for (int64_t c0 = ty; c0 < t.C; c0 += cstep) {  // the tile again (L2), normalized
       Pack<T, VEC> in[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (p.live && c0 + u * t.ty < t.C) in[u] = ld_pack<VEC>(a.x + p.base + (c0 + u * t.ty) * t.S);
+      load_channels(t, p, c0, a.x, in);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t c = c0 + u * t.ty;
         if (!p.live || c >= t.C) continue;
-        const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
-        const float bc = a.b != nullptr ? to_float(a.b[c]) : 0.f;
+        const float wc = value_or(a.w, c, 1.f);
+        const float bc = value_or(a.b, c, 0.f);
         float v[VEC];
         unpack(in[u], v);
 #pragma unroll
@@ -172,21 +190,14 @@ __global__ void __launch_bounds__(kThreads, 2)
     // pass A; the loop runs the same trips in every lane (the shuffles below need whole warps)
     for (int64_t c0 = 0; c0 < t.C; c0 += cstep) {
       Pack<T, VEC> xin[kUnrollBwd], gin[kUnrollBwd];
-#pragma unroll
-      for (int u = 0; u < kUnrollBwd; ++u) {
-        const int64_t c = c0 + ty + u * t.ty;
-        if (p.live && c < t.C) {
-          xin[u] = ld_pack<VEC>(a.x + p.base + c * t.S);
-          gin[u] = ld_pack<VEC>(a.dy + p.base + c * t.S);
-        }
-      }
+      load_channels(t, p, c0 + ty, a.x, a.dy, xin, gin);
 #pragma unroll
       for (int u = 0; u < kUnrollBwd; ++u) {
         const int64_t c = c0 + ty + u * t.ty;
         const bool ok = p.live && c < t.C;
         float wsum[2] = {0.f, 0.f};  // this thread's positions: sum dy * xhat, sum dy
         if (ok) {
-          const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
+          const float wc = value_or(a.w, c, 1.f);
           float xv[VEC], gv[VEC];
           unpack(xin[u], xv);
           unpack(gin[u], gv);
@@ -218,19 +229,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     // pass B: dx
     for (int64_t c0 = ty; c0 < t.C; c0 += cstep) {
       Pack<T, VEC> xin[kUnrollBwd], gin[kUnrollBwd];
-#pragma unroll
-      for (int u = 0; u < kUnrollBwd; ++u) {
-        const int64_t c = c0 + u * t.ty;
-        if (p.live && c < t.C) {
-          xin[u] = ld_pack<VEC>(a.x + p.base + c * t.S);
-          gin[u] = ld_pack<VEC>(a.dy + p.base + c * t.S);
-        }
-      }
+      load_channels(t, p, c0, a.x, a.dy, xin, gin);
 #pragma unroll
       for (int u = 0; u < kUnrollBwd; ++u) {
         const int64_t c = c0 + u * t.ty;
         if (!p.live || c >= t.C) continue;
-        const float wc = a.w != nullptr ? to_float(a.w[c]) : 1.f;
+        const float wc = value_or(a.w, c, 1.f);
         float xv[VEC], gv[VEC];
         unpack(xin[u], xv);
         unpack(gin[u], gv);

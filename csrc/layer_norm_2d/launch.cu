@@ -44,24 +44,32 @@ bool vec_ok(int64_t S, std::initializer_list<const void*> ptrs) {
   return S % kVec16<T> == 0;
 }
 
+// channels_last (or S == 1): the LayerNorm arguments of the rows of C channels, less those only
+// one direction has.
+template <typename RowArgs, typename Args>
+RowArgs as_rows(const Args& a) {
+  RowArgs r;
+  r.x = a.x;
+  r.x_row_stride = a.C;
+  r.weight = a.weight;
+  r.mean = a.mean;
+  r.rstd = a.rstd;
+  r.M = a.N * a.S;
+  r.N = a.C;
+  r.x_dtype = a.x_dtype;
+  r.w_dtype = a.w_dtype;
+  return r;
+}
+
 }  // namespace
 
 void layer_norm_2d_fwd(const LayerNorm2dFwdArgs& a, cudaStream_t stream) {
   if (a.N == 0 || a.C == 0 || a.S == 0) return;
   if (a.channels_last || a.S == 1) {  // rows of C contiguous channels: LayerNorm
-    LayerNormFwdArgs r;
-    r.x = a.x;
-    r.x_row_stride = a.C;
-    r.weight = a.weight;
+    LayerNormFwdArgs r = as_rows<LayerNormFwdArgs>(a);
     r.bias = a.bias;
     r.out = a.out;
-    r.mean = a.mean;
-    r.rstd = a.rstd;
-    r.M = a.N * a.S;
-    r.N = a.C;
     r.eps = a.eps;
-    r.x_dtype = a.x_dtype;
-    r.w_dtype = a.w_dtype;
     return layer_norm_fwd(r, stream);
   }
   FN_DISPATCH_XW(a.x_dtype, a.w_dtype, "layer_norm_2d_fwd", T, W, {
@@ -88,21 +96,12 @@ size_t layer_norm_2d_bwd_workspace_bytes(int64_t N, int64_t C, int64_t S, bool c
 void layer_norm_2d_bwd(const LayerNorm2dBwdArgs& a, cudaStream_t stream) {
   if (a.N == 0 || a.C == 0 || a.S == 0) return;  // the caller zero-fills dweight/dbias
   if (a.channels_last || a.S == 1) {
-    LayerNormBwdArgs r;
+    LayerNormBwdArgs r = as_rows<LayerNormBwdArgs>(a);
     r.dy = a.dy;
-    r.x = a.x;
-    r.x_row_stride = a.C;
-    r.weight = a.weight;
-    r.mean = a.mean;
-    r.rstd = a.rstd;
     r.dx = a.dx;
     r.dweight = a.dweight;
     r.dbias = a.dbias;
     r.workspace = a.workspace;
-    r.M = a.N * a.S;
-    r.N = a.C;
-    r.x_dtype = a.x_dtype;
-    r.w_dtype = a.w_dtype;
     return layer_norm_bwd(r, stream);
   }
   const bool wgrad = a.dweight != nullptr || a.dbias != nullptr;
