@@ -18,10 +18,10 @@ from fusednorm.kernels._util import f32_empty
 
 from ._tuning import TuneTarget
 from ._util import cdiv as _cdiv
-from .layer_norm import (X_DTYPES, _TL_NAME, _bwd_plan, _fwd_plan, _param_dtypes, _sum_launch,
-                         _sum_plan, _teams, bwd_configs, bwd_plan_for, bwd_variant,
-                         candidate_configs, check_config, device_info, fwd_configs, fwd_plan_for,
-                         fwd_variant, sum_partials_kernel, sum_variant)
+from .layer_norm import (X_DTYPES, _TL_NAME, _bwd_plan, _fwd_plan, _param_dtypes, _teams,
+                         bwd_configs, bwd_plan_for, bwd_variant, candidate_configs, check_config,
+                         column_sums, device_info, fwd_configs, fwd_plan_for, fwd_variant,
+                         sum_variant)
 from .layer_norm_config import (BwdConfig, FwdConfig, bwd_candidates, bwd_config, device_arch,
                                 fwd_candidates, fwd_config, partials_sum_config)
 
@@ -95,16 +95,7 @@ def instance_norm_bwd(dy, x, weight, bias, mean, rstd, *, config: BwdConfig = No
     if not (has_w or has_b):
         return dx, None, None
     # dweight / dbias: the (N, C) per-plane sums added over n in a fixed order, one launch
-    if sum_config is None:
-        programs, cexprs, num_warps = _sum_plan(C, has_w, has_b, dev)
-    else:
-        programs, cexprs, num_warps = _sum_launch(sum_config, C, has_w, has_b)
-    dw = torch.empty_like(weight) if has_w else None
-    db = torch.empty_like(bias) if has_b else None
-    part = dw_part if has_w else db_part
-    sum_partials_kernel[(programs,)](
-        part, dw if has_w else part, db_part if has_b else part, db if has_b else part, N, C,
-        *cexprs, num_warps=num_warps)
+    dw, db = column_sums(dw_part, db_part, weight, bias, N, C, dev, sum_config)
     return dx, dw, db
 
 

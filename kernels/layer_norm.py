@@ -616,6 +616,23 @@ def _sum_launch(cfg, n, has_a, has_b):
             cfg.num_warps)
 
 
+def column_sums(dw_part, db_part, weight, bias, P, n, dev, sum_config=None):
+    """dweight, dbias = fixed-order column sums of the (P, n) fp32 partials (None where the
+    parameter is absent), in one launch; ``sum_config`` overrides the heuristic."""
+    has_w, has_b = dw_part is not None, db_part is not None
+    if sum_config is None:
+        programs, cexprs, num_warps = _sum_plan(n, has_w, has_b, dev)
+    else:
+        programs, cexprs, num_warps = _sum_launch(sum_config, n, has_w, has_b)
+    dw = torch.empty_like(weight) if has_w else None
+    db = torch.empty_like(bias) if has_b else None
+    part = dw_part if has_w else db_part
+    sum_partials_kernel[(programs,)](
+        part, dw if has_w else part, db_part if has_b else part, db if has_b else part,
+        P, n, *cexprs, num_warps=num_warps)
+    return dw, db
+
+
 def layer_norm_fwd(x, residual, weight, bias, eps: float, rms: bool, *, out=None,
                    xsum_out=None, config: FwdConfig = None):
     """Contract forward.  ``out`` / ``xsum_out`` (keyword-only, optional): preallocated (M, N)
@@ -695,16 +712,7 @@ def layer_norm_bwd(dy, dxsum, x, weight, bias, mean, rstd, rms: bool, *, dx_out=
     if not (has_w or has_b):
         return dx, None, None
     # second step: dweight and dbias, fixed-order column sums of the partials, one launch
-    if sum_config is None:
-        programs, cexprs, num_warps = _sum_plan(N, has_w, has_b, dev)
-    else:
-        programs, cexprs, num_warps = _sum_launch(sum_config, N, has_w, has_b)
-    dw = torch.empty_like(weight) if has_w else None
-    db = torch.empty_like(bias) if has_b else None
-    part = dw_part if has_w else db_part
-    sum_partials_kernel[(programs,)](
-        part, dw if has_w else part, db_part if has_b else part, db if has_b else part,
-        teams, N, *cexprs, num_warps=num_warps)
+    dw, db = column_sums(dw_part, db_part, weight, bias, teams, N, dev, sum_config)
     return dx, dw, db
 
 
