@@ -71,3 +71,30 @@ def compile_kernel(fn, signature: dict, constexprs: dict, arch: int, num_warps: 
             "local_bytes": local, "stack_bytes": stack, "shared": kernel.metadata.shared}
     print(f"[triton.compile] {info}")
     return info
+
+
+def compile_in_workers(worker_src: str, jobs: list, workers: int = 2) -> list:
+    """Run ``worker_src`` (a Python script reading a JSON list of jobs on stdin and printing
+    one ``RESULT <json>`` line per job) in ``workers`` processes without the interpreter, the
+    jobs dealt round-robin (slow variants spread evenly); -> every result, one per job."""
+    import json
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    procs = []
+    for i in range(workers):
+        p = subprocess.Popen([sys.executable, "-c", worker_src], cwd=here, env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        p.stdin.write(json.dumps(jobs[i::workers]))
+        p.stdin.close()
+        procs.append(p)
+    results = []
+    for p in procs:
+        out, err = p.stdout.read(), p.stderr.read()
+        p.wait()
+        assert p.returncode == 0, f"compile worker failed:\n{err[-4000:]}"
+        results += [json.loads(line[7:]) for line in out.splitlines()
+                    if line.startswith("RESULT ")]
+    assert len(results) == len(jobs), (len(results), len(jobs))
+    return results

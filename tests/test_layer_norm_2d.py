@@ -4,9 +4,7 @@ float64, NCHW and channels_last, awkward shapes, offset data, NaN, empty; the Tr
 with guard regions, full writes and determinism; opcheck; torch.compile; the module; and the
 kernels compiled for sm_80 / sm_90 (no spills, 16-byte loads at the launch-time
 specialization)."""
-import json
 import os
-import subprocess
 import sys
 import zlib
 
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fusednorm
+from _triton_compile import compile_in_workers
 from _util import (ALL_DTYPES, HAS_CUDA, assert_accurate, backend_params, kernel_backend_params,
                    randn, require_backend, supports_dtype)
 
@@ -447,26 +446,8 @@ for job in jobs:
 """
 
 
-def _compile_jobs(jobs, workers=2):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    here = os.path.dirname(os.path.abspath(__file__))
-    procs = []
-    for i in range(workers):
-        p = subprocess.Popen([sys.executable, "-c", _WORKER], cwd=here, env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        p.stdin.write(json.dumps(jobs[i::workers]))
-        p.stdin.close()
-        procs.append(p)
-    results = []
-    for p in procs:
-        out, err = p.stdout.read(), p.stderr.read()
-        p.wait()
-        assert p.returncode == 0, f"compile worker failed:\n{err[-4000:]}"
-        results += [json.loads(line[7:]) for line in out.splitlines()
-                    if line.startswith("RESULT ")]
-    assert len(results) == len(jobs), (len(results), len(jobs))
-    return results
+def _compile_jobs(jobs):
+    return compile_in_workers(_WORKER, jobs)
 
 
 def _compile_variants(full):

@@ -7,15 +7,12 @@ channel block (the statistics kernel's two-tile step with an odd tile count), pe
 programs that do not divide the tiles, partial channel blocks, plane chunks (S > 1024),
 small planes (S = 49, 196), the dx kernel's grouped partial read over several steps.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _triton_compile import compile_in_workers
 from fusednorm.kernels import batch_norm as bn_mod
 from fusednorm.kernels import batch_norm_config as bn_cfg
 from fusednorm.kernels.batch_norm import batch_norm_bwd, batch_norm_fwd
@@ -393,28 +390,8 @@ for job in jobs:
 """
 
 
-def _compile_jobs(jobs, workers=2):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    here = os.path.dirname(os.path.abspath(__file__))
-    # interleave the slow (narrow-load) variants evenly over the workers
-    procs = []
-    for i in range(workers):
-        p = subprocess.Popen([sys.executable, "-c", _WORKER], cwd=here, env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        p.stdin.write(json.dumps(jobs[i::workers]))
-        p.stdin.close()
-        procs.append(p)
-    results = []
-    for p in procs:
-        out = p.stdout.read()
-        err = p.stderr.read()
-        p.wait()
-        assert p.returncode == 0, f"compile worker failed:\n{err[-4000:]}"
-        results += [json.loads(line[7:]) for line in out.splitlines()
-                    if line.startswith("RESULT ")]
-    assert len(results) == len(jobs), (len(results), len(jobs))
-    return results
+def _compile_jobs(jobs):
+    return compile_in_workers(_WORKER, jobs)
 
 
 QUICK_CASES = [((256, 256, 28, 28), dt, cl) for dt in ("bf16", "fp32") for cl in (False, True)]
